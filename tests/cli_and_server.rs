@@ -169,3 +169,46 @@ async fn sigterm_stops_the_server_cleanly() {
     .await;
     assert!(exit.success(), "{exit:?}");
 }
+
+/// The README's settings table is the user's reference: same names, same defaults as the binary.
+#[test]
+fn the_readme_settings_table_matches_the_binary() {
+    let readme = std::fs::read_to_string(common::repo_path("README.md")).unwrap();
+    let rows: Vec<(String, String)> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `EXPORTER_"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let default = cells[2].trim_matches('`');
+            let default = if default == "(empty)" { "" } else { default };
+            (cells[1].trim_matches('`').to_string(), default.to_string())
+        })
+        .collect();
+    let expected: Vec<(String, String)> = envoy_gateway_exporter::config::SETTINGS
+        .iter()
+        .map(|s| (s.name.to_string(), s.default.to_string()))
+        .collect();
+    assert_eq!(rows, expected);
+}
+
+/// Every metric the exporter publishes is documented in the README's metrics table, and the table
+/// names nothing the exporter does not publish.
+#[test]
+fn the_readme_metrics_table_matches_the_golden_output() {
+    let readme = std::fs::read_to_string(common::repo_path("README.md")).unwrap();
+    let documented: std::collections::BTreeSet<String> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("## Metrics"))
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(|name| format!("envoy_gateway_exporter_{name}"))
+        .collect();
+    let golden = std::fs::read_to_string(common::repo_path("tests/golden/metrics.txt")).unwrap();
+    let published: std::collections::BTreeSet<String> = golden
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_string)
+        .collect();
+    assert_eq!(documented, published);
+}

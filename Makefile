@@ -18,10 +18,10 @@ demo: tools build
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --locked --all-targets -- -D warnings
 
 unit: tools
-	$(CARGO) test --locked --all-targets
+	$(CARGO) test --workspace --locked --all-targets
 
 check-alerts: tools
 	bash scripts/check-alerts.sh

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::{ParseError, Priority};
+use crate::{ParseError, Priority};
 
 /// A host health flag as Envoy's text output names it (`HostUtility::healthFlagsToString`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,7 +123,7 @@ impl HealthFlags {
 
     /// Envoy's coarse health of a host with these flags (`HostImpl::coarseHealth`): any failure or
     /// draining flag makes it unhealthy, else a degraded flag makes it degraded. Checked against
-    /// Envoy's own membership gauges in tests/envoy_integration.rs.
+    /// Envoy's own membership gauges in the exporter's tests/envoy_integration.rs.
     pub fn health(self) -> Health {
         use HealthFlag::*;
         let unhealthy = [
@@ -282,7 +282,7 @@ pub fn parse_clusters(body: &[u8]) -> Result<ClustersSnapshot, ParseError> {
     Ok(ClustersSnapshot { clusters })
 }
 
-pub(super) fn truncate(s: &str) -> &str {
+pub(crate) fn truncate(s: &str) -> &str {
     match s.char_indices().nth(80) {
         Some((i, _)) => &s[..i],
         None => s,

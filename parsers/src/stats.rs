@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use super::{ParseError, Priority, Resource, clusters::truncate};
+use crate::{ParseError, Priority, Resource, clusters::truncate};
 
 /// RE2 filter for the gauges the exporter needs. Cluster names may contain dots, so the cluster
 /// part is matched loosely and the suffix strictly.

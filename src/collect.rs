@@ -13,6 +13,7 @@ use crate::envoy::client::FETCH_ERROR_REASONS;
 use crate::envoy::clusters::{ClustersSnapshot, parse_clusters};
 use crate::envoy::stats::{StatsSnapshot, parse_stats};
 use crate::envoy::{AdminClient, FetchError};
+use crate::secrets::{SecretStore, SecretsSnapshot};
 
 /// A source of the exporter: the `source` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,14 +92,21 @@ impl EnvoySnapshot {
 pub struct Snapshot {
     /// `None` when Envoy collection is disabled.
     pub envoy: Option<EnvoySnapshot>,
+    /// `None` when no Secrets are watched.
+    pub secrets: Option<SecretsSnapshot>,
     pub now: SystemTime,
     finished: Instant,
 }
 
 impl Snapshot {
-    pub fn new(envoy: Option<EnvoySnapshot>, now: SystemTime) -> Snapshot {
+    pub fn new(
+        envoy: Option<EnvoySnapshot>,
+        secrets: Option<SecretsSnapshot>,
+        now: SystemTime,
+    ) -> Snapshot {
         Snapshot {
             envoy,
+            secrets,
             now,
             finished: Instant::now(),
         }
@@ -109,6 +117,7 @@ impl Snapshot {
         self.envoy
             .as_ref()
             .is_none_or(|e| e.sources().iter().all(|(_, ok, _)| *ok))
+            && self.secrets.as_ref().is_none_or(|s| s.up)
     }
 }
 
@@ -116,6 +125,7 @@ impl Snapshot {
 /// runs or within `cache` after it ended (so N Prometheus replicas cost Envoy one fetch each).
 pub struct Collector {
     admin: Option<AdminClient>,
+    secrets: Option<SecretStore>,
     cache: Duration,
     last: Mutex<Option<Arc<Snapshot>>>,
     errors: IntCounterVec,
@@ -125,7 +135,12 @@ pub struct Collector {
 
 impl Collector {
     /// `errors` is `source_errors_total{source,reason}`; its Envoy series are set to 0 here.
-    pub fn new(admin: Option<AdminClient>, cache: Duration, errors: IntCounterVec) -> Collector {
+    pub fn new(
+        admin: Option<AdminClient>,
+        secrets: Option<SecretStore>,
+        cache: Duration,
+        errors: IntCounterVec,
+    ) -> Collector {
         if admin.is_some() {
             for source in Source::ENVOY {
                 for reason in FETCH_ERROR_REASONS {
@@ -135,11 +150,17 @@ impl Collector {
         }
         Collector {
             admin,
+            secrets,
             cache,
             last: Mutex::new(None),
             errors,
             was_up: StdMutex::new([None; 3]),
         }
+    }
+
+    /// The store the Secret readers write into, when Secrets are watched.
+    pub fn secret_store(&self) -> Option<&SecretStore> {
+        self.secrets.as_ref()
     }
 
     /// The latest collection, fresh or shared.
@@ -174,7 +195,8 @@ impl Collector {
                 })
             }
         };
-        let snapshot = Snapshot::new(envoy, SystemTime::now());
+        let secrets = self.secrets.as_ref().map(SecretStore::snapshot);
+        let snapshot = Snapshot::new(envoy, secrets, SystemTime::now());
         if let Some(envoy) = &snapshot.envoy {
             self.account(envoy);
         }

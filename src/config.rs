@@ -37,6 +37,31 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "comma-separated secret volume mounts, each `path` or `namespace/name=path`",
     },
     Setting {
+        name: "EXPORTER_SECRET_SOURCE",
+        default: "auto",
+        meaning: "Kubernetes Secrets to watch: gateway (those the pod's Gateway references), selector (by namespace and label), off; auto = gateway when EXPORTER_GATEWAY_NAME is set, else off",
+    },
+    Setting {
+        name: "EXPORTER_GATEWAY_NAME",
+        default: "",
+        meaning: "gateway mode: the pod's Gateway (downward API: label gateway.envoyproxy.io/owning-gateway-name)",
+    },
+    Setting {
+        name: "EXPORTER_GATEWAY_NAMESPACE",
+        default: "",
+        meaning: "gateway mode: the Gateway's namespace (label gateway.envoyproxy.io/owning-gateway-namespace)",
+    },
+    Setting {
+        name: "EXPORTER_SECRET_NAMESPACES",
+        default: "",
+        meaning: "selector mode: comma-separated namespaces to watch; empty = all namespaces",
+    },
+    Setting {
+        name: "EXPORTER_SECRET_LABEL_SELECTOR",
+        default: "",
+        meaning: "selector mode: label selector of the Secrets to watch (only type kubernetes.io/tls is read)",
+    },
+    Setting {
         name: "EXPORTER_ADMIN_TIMEOUT",
         default: "5s",
         meaning: "timeout of one admin API request, connect to last byte (100ms..60s)",
@@ -95,6 +120,22 @@ pub struct SecretDir {
     pub path: PathBuf,
 }
 
+/// Where Kubernetes Secrets come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Off,
+    /// The Secrets that the pod's Gateway references in its listeners.
+    Gateway {
+        name: String,
+        namespace: String,
+    },
+    /// Secrets of type `kubernetes.io/tls` by namespace (empty = all) and label selector.
+    Selector {
+        namespaces: Vec<String>,
+        label_selector: Option<String>,
+    },
+}
+
 /// Validated settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -102,6 +143,7 @@ pub struct Config {
     pub envoy_admin_url: Option<String>,
     pub listen_address: SocketAddr,
     pub secret_dirs: Vec<SecretDir>,
+    pub secret_source: SecretSource,
     pub admin_timeout: Duration,
     pub max_response_bytes: u64,
     pub collect_cache: Duration,
@@ -116,6 +158,11 @@ struct Raw {
     envoy_admin_url: Option<String>,
     listen_address: Option<String>,
     secret_dirs: Option<String>,
+    secret_source: Option<String>,
+    gateway_name: Option<String>,
+    gateway_namespace: Option<String>,
+    secret_namespaces: Option<String>,
+    secret_label_selector: Option<String>,
     admin_timeout: Option<String>,
     max_response_bytes: Option<String>,
     collect_cache: Option<String>,
@@ -161,6 +208,7 @@ impl Config {
     }
 
     fn validate(raw: Raw) -> Result<Config, ConfigError> {
+        let secret_source = parse_secret_source(&raw)?;
         let envoy_admin_url = parse_admin_url(value_or_default(
             raw.envoy_admin_url,
             "EXPORTER_ENVOY_ADMIN_URL",
@@ -227,6 +275,7 @@ impl Config {
             envoy_admin_url,
             listen_address,
             secret_dirs,
+            secret_source,
             admin_timeout,
             max_response_bytes,
             collect_cache,
@@ -289,6 +338,73 @@ fn parse_duration(
     match humantime::parse_duration(value.trim()) {
         Ok(d) if d >= min && d <= max => Ok(d),
         _ => Err(invalid(name, &value, &expected)),
+    }
+}
+
+/// A Kubernetes object name or namespace (RFC 1123 subdomain; namespaces are labels, a subset).
+fn is_k8s_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn parse_secret_source(raw: &Raw) -> Result<SecretSource, ConfigError> {
+    let get = |v: &Option<String>| v.as_deref().map(str::trim).unwrap_or_default().to_string();
+    let given = get(&raw.secret_source);
+    let lowered = given.to_ascii_lowercase();
+    let name = get(&raw.gateway_name);
+    let namespace = get(&raw.gateway_namespace);
+    let mode = match lowered.as_str() {
+        "" | "auto" if name.is_empty() => "off",
+        "" | "auto" => "gateway",
+        m @ ("gateway" | "selector" | "off") => m,
+        _ => {
+            return Err(invalid(
+                "EXPORTER_SECRET_SOURCE",
+                &given,
+                "auto, gateway, selector or off",
+            ));
+        }
+    };
+    match mode {
+        "gateway" => {
+            let expected = "a Kubernetes object name (lowercase letters, digits, '-' and '.'), required in gateway mode";
+            if !is_k8s_name(&name) {
+                return Err(invalid("EXPORTER_GATEWAY_NAME", &name, expected));
+            }
+            if !is_k8s_name(&namespace) {
+                return Err(invalid("EXPORTER_GATEWAY_NAMESPACE", &namespace, expected));
+            }
+            Ok(SecretSource::Gateway { name, namespace })
+        }
+        "selector" => {
+            let list = get(&raw.secret_namespaces);
+            let namespaces: Vec<String> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect();
+            if namespaces
+                .iter()
+                .any(|n| !is_k8s_name(n) || n.contains('.'))
+            {
+                return Err(invalid(
+                    "EXPORTER_SECRET_NAMESPACES",
+                    &list,
+                    "comma-separated namespace names, or empty for all namespaces",
+                ));
+            }
+            let selector = get(&raw.secret_label_selector);
+            Ok(SecretSource::Selector {
+                namespaces,
+                label_selector: (!selector.is_empty()).then_some(selector),
+            })
+        }
+        _ => Ok(SecretSource::Off),
     }
 }
 
@@ -441,6 +557,51 @@ mod tests {
                     path: "/mnt/api".into()
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn secret_source_defaults_to_gateway_mode_when_the_downward_api_names_the_gateway() {
+        let off = Config::from_vars(vars(&[])).unwrap();
+        assert_eq!(off.secret_source, SecretSource::Off);
+        let gateway = Config::from_vars(vars(&[
+            ("EXPORTER_GATEWAY_NAME", "eg"),
+            ("EXPORTER_GATEWAY_NAMESPACE", "default"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            gateway.secret_source,
+            SecretSource::Gateway {
+                name: "eg".into(),
+                namespace: "default".into()
+            }
+        );
+        let err = Config::from_vars(vars(&[("EXPORTER_GATEWAY_NAME", "eg")])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid EXPORTER_GATEWAY_NAMESPACE=\"\""),
+            "{err}"
+        );
+        let selector = Config::from_vars(vars(&[
+            ("EXPORTER_SECRET_SOURCE", "selector"),
+            ("EXPORTER_SECRET_NAMESPACES", "a, b"),
+            ("EXPORTER_SECRET_LABEL_SELECTOR", "team=edge"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            selector.secret_source,
+            SecretSource::Selector {
+                namespaces: vec!["a".into(), "b".into()],
+                label_selector: Some("team=edge".into())
+            }
+        );
+        assert!(Config::from_vars(vars(&[("EXPORTER_SECRET_SOURCE", "files")])).is_err());
+        assert!(
+            Config::from_vars(vars(&[
+                ("EXPORTER_SECRET_SOURCE", "selector"),
+                ("EXPORTER_SECRET_NAMESPACES", "Bad_NS")
+            ]))
+            .is_err()
         );
     }
 

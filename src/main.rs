@@ -46,14 +46,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long `--once` waits at most for the Secret readers' first round.
+const ONCE_SECRET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn run(config: config::Config, once: bool) -> anyhow::Result<ExitCode> {
     let app = build_app(&config).map_err(anyhow::Error::msg)?;
-    if !config.secret_dirs.is_empty() {
-        tracing::warn!(
-            "EXPORTER_SECRET_DIRS is accepted but secret watching is not implemented in this version"
-        );
-    }
+    envoy_gateway_exporter::spawn_secret_watchers(&config, &app);
     if once {
+        if let Some(store) = app.collector.secret_store() {
+            // Give the Secret readers their first round (a poll, an initial list).
+            let deadline = tokio::time::Instant::now() + ONCE_SECRET_WAIT;
+            while !store.first_round_done() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
         let snapshot = app.collector.collect().await;
         let derived = envoy_gateway_exporter::metrics::derive(&snapshot, app.options);
         print!("{}", app.metrics.render(&derived));

@@ -1,5 +1,6 @@
 //! Snapshot in, metric families out: pure functions, plus the exporter's own long-lived metrics.
 
+use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
@@ -10,6 +11,7 @@ use crate::envoy::certs::CertsSnapshot;
 use crate::envoy::clusters::{Cluster, ClustersSnapshot, Health, Thresholds};
 use crate::envoy::stats::{ClusterGauges, StatsSnapshot};
 use crate::envoy::{Priority, Resource};
+use crate::secrets::SecretsSnapshot;
 
 pub const PREFIX: &str = "envoy_gateway_exporter_";
 
@@ -71,8 +73,8 @@ impl Gauges {
 /// Every metric derived from one collection.
 pub fn derive(snapshot: &Snapshot, options: DeriveOptions) -> Vec<MetricFamily> {
     let mut out = Vec::new();
+    source_health(snapshot.envoy.as_ref(), snapshot.secrets.as_ref(), &mut out);
     if let Some(envoy) = &snapshot.envoy {
-        source_health(envoy, &mut out);
         if let Some(clusters) = envoy.clusters.ok() {
             backends(clusters, options, &mut out);
         }
@@ -81,24 +83,114 @@ pub fn derive(snapshot: &Snapshot, options: DeriveOptions) -> Vec<MetricFamily> 
             envoy_certs(certs, snapshot.now, &mut out);
         }
     }
+    if let Some(secrets) = &snapshot.secrets {
+        let served = snapshot.envoy.as_ref().and_then(|e| e.certs.ok());
+        secret_certs(secrets, served, snapshot.now, &mut out);
+    }
     out
 }
 
-fn source_health(envoy: &EnvoySnapshot, out: &mut Vec<MetricFamily>) {
+fn source_health(
+    envoy: Option<&EnvoySnapshot>,
+    secrets: Option<&SecretsSnapshot>,
+    out: &mut Vec<MetricFamily>,
+) {
     let mut up = Gauges::new(
         "up",
         "1 if the last collection from the source succeeded, else 0.",
     );
     let mut duration = Gauges::new(
         "source_duration_seconds",
-        "Time the last collection from the source took, fetch and parse.",
+        "Time the last collection from the source took (Envoy: fetch and parse; secrets: the last full read).",
     );
-    for (source, ok, took) in envoy.sources() {
-        up.add(&[("source", source.label())], if ok { 1.0 } else { 0.0 });
-        duration.add(&[("source", source.label())], took.as_secs_f64());
+    let envoy_sources = envoy.map(|e| e.sources().map(|(s, ok, took)| (s.label(), ok, took)));
+    let secret_source = secrets.map(|s| ("secrets", s.up, s.duration));
+    for (source, ok, took) in envoy_sources.into_iter().flatten().chain(secret_source) {
+        up.add(&[("source", source)], if ok { 1.0 } else { 0.0 });
+        duration.add(&[("source", source)], took.as_secs_f64());
     }
     up.finish(out);
     duration.finish(out);
+}
+
+fn secret_certs(
+    secrets: &SecretsSnapshot,
+    envoy_certs: Option<&CertsSnapshot>,
+    now: SystemTime,
+    out: &mut Vec<MetricFamily>,
+) {
+    let mut not_after = Gauges::new(
+        "secret_cert_not_after_timestamp_seconds",
+        "Expiry (not after) of a certificate in a watched Secret, in seconds since the Unix epoch.",
+    );
+    let mut not_before = Gauges::new(
+        "secret_cert_not_before_timestamp_seconds",
+        "Start of validity (not before) of a certificate in a watched Secret, in seconds since the Unix epoch.",
+    );
+    let mut days = Gauges::new(
+        "secret_cert_days_remaining",
+        "Days until a certificate in a watched Secret expires; negative once expired.",
+    );
+    let mut valid = Gauges::new(
+        "secret_valid",
+        "1 if the Secret holds at least one parseable certificate, else 0.",
+    );
+    let mut served = Gauges::new(
+        "secret_cert_served",
+        "1 if the Secret's leaf certificate is among those Envoy serves, 0 if not (a rotation that did not reach Envoy); absent when Envoy's /certs was not read.",
+    );
+    let mut listener_info = Gauges::new(
+        "secret_listener_info",
+        "1 for each Gateway listener that references the Secret (gateway mode).",
+    );
+    let served_serials: Option<HashSet<&str>> = envoy_certs.map(|c| c.served_serials().collect());
+    let now = unix_seconds(now);
+    for secret in &secrets.secrets {
+        let id = [
+            ("secret_namespace", secret.namespace.as_str()),
+            ("secret_name", secret.name.as_str()),
+        ];
+        valid.add(&id, if secret.valid() { 1.0 } else { 0.0 });
+        if let (Some(serials), Some(leaf)) = (&served_serials, secret.leaf_serial()) {
+            served.add(&id, if serials.contains(leaf) { 1.0 } else { 0.0 });
+        }
+        for (key, certs) in &secret.keys {
+            for cert in certs {
+                let index = cert.index.to_string();
+                let labels = [
+                    id[0],
+                    id[1],
+                    ("key", key.as_str()),
+                    ("index", index.as_str()),
+                    ("serial", cert.serial.as_str()),
+                    ("subject_cn", cert.subject_cn.as_str()),
+                    ("issuer_cn", cert.issuer_cn.as_str()),
+                    ("dns_names", cert.dns_names.as_str()),
+                ];
+                not_after.add(&labels, cert.not_after as f64);
+                not_before.add(&labels, cert.not_before as f64);
+                days.add(&labels, (cert.not_after as f64 - now) / 86_400.0);
+            }
+        }
+    }
+    for ((namespace, name), listeners) in &secrets.listeners {
+        for listener in listeners {
+            listener_info.add(
+                &[
+                    ("secret_namespace", namespace),
+                    ("secret_name", name),
+                    ("listener", listener),
+                ],
+                1.0,
+            );
+        }
+    }
+    not_after.finish(out);
+    not_before.finish(out);
+    days.finish(out);
+    valid.finish(out);
+    served.finish(out);
+    listener_info.finish(out);
 }
 
 fn backends(clusters: &ClustersSnapshot, options: DeriveOptions, out: &mut Vec<MetricFamily>) {

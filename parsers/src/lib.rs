@@ -4,6 +4,7 @@
 pub mod certs;
 pub mod clusters;
 pub mod stats;
+pub mod x509;
 
 /// Circuit-breaker priority. The discriminant indexes per-priority arrays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

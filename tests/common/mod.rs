@@ -352,6 +352,20 @@ impl Drop for Exporter {
 impl Exporter {
     /// Starts the binary with the given settings on a free port and waits for `/healthz`.
     pub async fn start(admin_url: &str, extra: &[(&str, &str)]) -> Exporter {
+        Exporter::spawn(admin_url, extra, Stdio::null()).await
+    }
+
+    /// Like [`Exporter::start`], with the logs (stderr) written to `log`.
+    pub async fn start_with_log(
+        admin_url: &str,
+        extra: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> Exporter {
+        let file = std::fs::File::create(log).unwrap();
+        Exporter::spawn(admin_url, extra, Stdio::from(file)).await
+    }
+
+    async fn spawn(admin_url: &str, extra: &[(&str, &str)], stderr: Stdio) -> Exporter {
         let port = free_port();
         let mut command = Command::new(EXPORTER);
         command
@@ -360,7 +374,7 @@ impl Exporter {
             .env("EXPORTER_LISTEN_ADDRESS", format!("127.0.0.1:{port}"))
             .env("EXPORTER_COLLECT_CACHE", "0s")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(stderr);
         for (k, v) in extra {
             command.env(k, v);
         }

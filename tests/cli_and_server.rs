@@ -204,11 +204,13 @@ fn the_readme_metrics_table_matches_the_golden_output() {
         .map(|name| format!("envoy_gateway_exporter_{name}"))
         .collect();
     let golden = std::fs::read_to_string(common::repo_path("tests/golden/metrics.txt")).unwrap();
-    let published: std::collections::BTreeSet<String> = golden
+    let mut published: std::collections::BTreeSet<String> = golden
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split(' ').next())
         .map(str::to_string)
         .collect();
+    // Gateway mode only; its output is checked in tests/secrets_kube.rs.
+    published.insert("envoy_gateway_exporter_secret_listener_info".to_string());
     assert_eq!(documented, published);
 }

@@ -77,8 +77,26 @@ fn promtool_check_metrics(text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_metrics_output_matches_the_golden_file_and_passes_promtool() {
     let envoy = Server::admin_fixtures(0, "tests/fixtures/envoy-1.40").await;
-    let exporter = Exporter::start(&format!("http://{}", envoy.addr), &[]).await;
-    let scrape = exporter.scrape().await;
+    let mounts = common::repo_path("tests/fixtures/secret-mounts");
+    let dirs = format!(
+        "golden/site-tls={},{}",
+        mounts.join("site-tls").display(),
+        mounts.join("broken-tls").display()
+    );
+    let exporter = Exporter::start(
+        &format!("http://{}", envoy.addr),
+        &[("EXPORTER_SECRET_DIRS", &dirs)],
+    )
+    .await;
+    let scrape = common::eventually(
+        std::time::Duration::from_secs(10),
+        "the mounts to be read",
+        async || {
+            let scrape = exporter.scrape().await;
+            (scrape.all("secret_valid", &[]).len() == 2).then_some(scrape)
+        },
+    )
+    .await;
     promtool_check_metrics(&scrape.text);
 
     let actual = mask(&scrape.text);

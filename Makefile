@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export ENVOY_BIN := $(CURDIR)/.venv/bin/envoy
 CARGO ?= cargo
 
-.PHONY: all tools build demo test lint unit check-alerts clean
+.PHONY: all tools build release demo test lint unit check-alerts clean
 
 all: build
 
@@ -12,6 +12,10 @@ tools:
 
 build:
 	$(CARGO) build --locked
+
+# The static binary the container image ships (the Dockerfile runs the same command).
+release:
+	$(CARGO) build --release --locked --target x86_64-unknown-linux-musl
 
 demo: tools build
 	python3 demo/demo.py --envoy $(ENVOY_BIN) --exporter target/debug/envoy-gateway-exporter

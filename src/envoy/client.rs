@@ -106,13 +106,21 @@ impl AdminClient {
     }
 
     /// Fetches one endpoint and parses it.
-    pub async fn fetch<T>(
+    pub async fn fetch<T: Send + 'static>(
         &self,
         endpoint: Endpoint,
         parse: fn(&[u8]) -> Result<T, ParseError>,
     ) -> Result<T, FetchError> {
         let body = self.get(self.url(endpoint)).await?;
-        parse(&body).map_err(|source| FetchError::Parse {
+        // A large /clusters takes tens of milliseconds to parse: keep it off the threads that
+        // serve HTTP.
+        let parsed = tokio::task::spawn_blocking(move || parse(&body))
+            .await
+            .map_err(|e| FetchError::Io {
+                url: self.url(endpoint).to_string(),
+                detail: format!("parser task failed: {e}"),
+            })?;
+        parsed.map_err(|source| FetchError::Parse {
             url: self.url(endpoint).to_string(),
             source,
         })

@@ -280,6 +280,7 @@ pub async fn watch_gateway(client: Client, name: String, namespace: String, stor
     let mut watches: BTreeMap<SecretKey, JoinHandle<()>> = BTreeMap::new();
     let mut initial: Option<Instant> = None;
     let mut seen_in_list = false;
+    let mut current: BTreeMap<SecretKey, Vec<String>> = BTreeMap::new();
     while let Some(event) = stream.next().await {
         let refs = match event {
             Ok(Event::Init) => {
@@ -341,12 +342,16 @@ pub async fn watch_gateway(client: Client, name: String, namespace: String, stor
             ));
             watches.insert(key.clone(), task);
         }
-        tracing::info!(
-            secrets = refs.len(),
-            "{what} references {} Secret(s)",
-            refs.len()
-        );
-        store.set_listeners(refs);
+        if refs != current {
+            let names: Vec<String> = refs.keys().map(|(ns, n)| format!("{ns}/{n}")).collect();
+            tracing::info!(
+                "{what} references {} Secret(s): {}",
+                refs.len(),
+                names.join(", ")
+            );
+            store.set_listeners(refs.clone());
+            current = refs;
+        }
     }
 }
 

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export ENVOY_BIN := $(CURDIR)/.venv/bin/envoy
 CARGO ?= cargo
 
-.PHONY: all tools build release demo test lint unit check-alerts clean
+.PHONY: all tools build release demo test lint unit check-alerts check-deploy clean
 
 all: build
 
@@ -30,7 +30,10 @@ unit: tools
 check-alerts: tools
 	bash scripts/check-alerts.sh
 
-test: lint unit check-alerts
+check-deploy: tools build
+	bash scripts/check-deploy.sh
+
+test: lint unit check-alerts check-deploy
 
 clean:
 	$(CARGO) clean

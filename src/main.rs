@@ -61,8 +61,7 @@ async fn run(config: config::Config, once: bool) -> anyhow::Result<ExitCode> {
             }
         }
         let snapshot = app.collector.collect().await;
-        let derived = envoy_gateway_exporter::metrics::derive(&snapshot, app.options);
-        print!("{}", app.metrics.render(&derived));
+        print!("{}", app.metrics.render(&snapshot, app.options, 0));
         return Ok(if snapshot.all_sources_ok() {
             ExitCode::SUCCESS
         } else {

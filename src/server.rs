@@ -13,10 +13,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Mutex, Semaphore};
 
 use crate::collect::Collector;
-use crate::metrics::{CONTENT_TYPE, DeriveOptions, ExporterMetrics, derive};
+use crate::collect::Snapshot;
+use crate::metrics::{CONTENT_TYPE, DeriveOptions, ExporterMetrics};
 
 /// A client must send its request headers within this time (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,13 +33,38 @@ pub struct App {
     pub collector: Collector,
     pub metrics: ExporterMetrics,
     pub options: DeriveOptions,
+    /// The body rendered from the latest collection, shared by the scrapes that share it: 50
+    /// concurrent scrapes of a large Envoy hold one body, not 50.
+    rendered: Mutex<Option<(Arc<Snapshot>, Bytes)>>,
 }
 
 impl App {
+    pub fn new(collector: Collector, metrics: ExporterMetrics, options: DeriveOptions) -> App {
+        App {
+            collector,
+            metrics,
+            options,
+            rendered: Mutex::new(None),
+        }
+    }
+
     /// One scrape: a (possibly shared) collection rendered in the text format.
-    pub async fn scrape(&self) -> String {
+    pub async fn scrape(&self) -> Bytes {
         let snapshot = self.collector.snapshot().await;
-        self.metrics.render(&derive(&snapshot, self.options))
+        let mut rendered = self.rendered.lock().await;
+        if let Some((of, body)) = rendered.as_ref()
+            && Arc::ptr_eq(of, &snapshot)
+        {
+            return body.clone();
+        }
+        let hint = rendered
+            .as_ref()
+            .map_or(0, |(_, body)| body.len() + body.len() / 8);
+        // Drop the previous body before building the next one.
+        *rendered = None;
+        let body = Bytes::from(self.metrics.render(&snapshot, self.options, hint));
+        *rendered = Some((snapshot, body.clone()));
+        body
     }
 }
 
@@ -110,11 +136,7 @@ async fn handle(app: &App, request: Request<Incoming>) -> Response<Full<Bytes>> 
     match path {
         // HEAD answers without collecting: a probe must not cost Envoy anything.
         "/metrics" if head => respond(StatusCode::OK, CONTENT_TYPE, Bytes::new()),
-        "/metrics" => respond(
-            StatusCode::OK,
-            CONTENT_TYPE,
-            Bytes::from(app.scrape().await),
-        ),
+        "/metrics" => respond(StatusCode::OK, CONTENT_TYPE, app.scrape().await),
         "/" => respond(
             StatusCode::OK,
             "text/html; charset=utf-8",

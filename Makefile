@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export ENVOY_BIN := $(CURDIR)/.venv/bin/envoy
 CARGO ?= cargo
 
-.PHONY: all tools build release demo test lint unit check-alerts check-deploy clean
+.PHONY: all tools build release demo test lint unit check-alerts check-deploy e2e clean
 
 all: build
 
@@ -33,7 +33,11 @@ check-alerts: tools
 check-deploy: tools build
 	bash scripts/check-deploy.sh
 
-test: lint unit check-alerts check-deploy
+# A real Prometheus scraping a real Envoy and the exporter: dashboards, rules, alerts.
+e2e: tools build
+	python3 tests/e2e/prometheus_e2e.py --envoy $(ENVOY_BIN) --exporter target/debug/envoy-gateway-exporter
+
+test: lint unit check-alerts check-deploy e2e
 
 clean:
 	$(CARGO) clean

@@ -10,8 +10,9 @@ use tokio::sync::Mutex;
 use crate::envoy::certs::{CertsSnapshot, parse_certs};
 use crate::envoy::client::Endpoint;
 use crate::envoy::client::FETCH_ERROR_REASONS;
-use crate::envoy::clusters::{ClustersSnapshot, parse_clusters};
-use crate::envoy::stats::{StatsSnapshot, parse_stats};
+use crate::envoy::clusters::{ClustersParser, ClustersSnapshot};
+use crate::envoy::incremental::Buffered;
+use crate::envoy::stats::{StatsParser, StatsSnapshot};
 use crate::envoy::{AdminClient, FetchError};
 use crate::secrets::{SecretStore, SecretsSnapshot};
 
@@ -184,9 +185,9 @@ impl Collector {
             None => None,
             Some(admin) => {
                 let (stats, clusters, certs) = tokio::join!(
-                    timed(admin.fetch(Endpoint::Stats, parse_stats)),
-                    timed(admin.fetch(Endpoint::Clusters, parse_clusters)),
-                    timed(admin.fetch(Endpoint::Certs, parse_certs)),
+                    timed(admin.fetch(Endpoint::Stats, StatsParser::default())),
+                    timed(admin.fetch(Endpoint::Clusters, ClustersParser::default())),
+                    timed(admin.fetch(Endpoint::Certs, Buffered::new(parse_certs))),
                 );
                 Some(EnvoySnapshot {
                     stats,

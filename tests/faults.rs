@@ -115,7 +115,7 @@ async fn an_error_status_is_counted_as_http_status() {
 async fn a_body_that_never_finishes_times_out_and_the_scrape_still_answers() {
     let (port, _server) = raw_server(|mut stream| async move {
         let _ = stream
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\ncluster.x.upstream_rq_active: 1\n")
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
             .await;
         // Hold the connection open without sending the rest.
         tokio::time::sleep(Duration::from_secs(60)).await;

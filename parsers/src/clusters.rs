@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use crate::incremental::{Incremental, LineSplitter};
 use crate::{ParseError, Priority};
 
 /// A host health flag as Envoy's text output names it (`HostUtility::healthFlagsToString`).
@@ -192,49 +193,108 @@ pub struct ClustersSnapshot {
     pub clusters: Vec<Cluster>,
 }
 
-/// Parses text `/clusters`. Lines that are not `a::b::c` are garbage (an HTML error page, a wrong
-/// server) and fail the whole parse; unknown keys are skipped so a newer Envoy still parses.
+/// Parses a whole text `/clusters` body (see [`ClustersParser`]).
 pub fn parse_clusters(body: &[u8]) -> Result<ClustersSnapshot, ParseError> {
-    let text =
-        std::str::from_utf8(body).map_err(|e| ParseError::new(0, format!("not UTF-8: {e}")))?;
-    let mut clusters: Vec<Cluster> = Vec::new();
-    // Envoy groups lines by cluster; the index only matters if it ever interleaves them.
-    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut parser = ClustersParser::default();
+    parser.feed(body)?;
+    parser.finish()
+}
 
-    for (number, line) in text.lines().enumerate() {
-        let line_no = number + 1;
-        if line.is_empty() {
-            continue;
+/// Parses text `/clusters` as it arrives. Lines that are not `a::b::c` are garbage (an HTML error
+/// page, a wrong server) and fail the parse at once; unknown keys are skipped so a newer Envoy
+/// still parses.
+#[derive(Debug, Default)]
+pub struct ClustersParser {
+    lines: LineSplitter,
+    clusters: Vec<Cluster>,
+    /// Envoy groups lines by cluster; the index only matters if it ever interleaves them.
+    index: HashMap<String, usize>,
+}
+
+impl Incremental for ClustersParser {
+    type Output = ClustersSnapshot;
+
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), ParseError> {
+        let mut lines = std::mem::take(&mut self.lines);
+        let result = lines.feed(chunk, |n, line| self.line(n, line));
+        self.lines = lines;
+        result
+    }
+
+    fn finish(mut self) -> Result<ClustersSnapshot, ParseError> {
+        let mut lines = std::mem::take(&mut self.lines);
+        lines.finish(|n, line| self.line(n, line))?;
+        Ok(ClustersSnapshot {
+            clusters: self.clusters,
+        })
+    }
+}
+
+/// Position of the last `::` in `bytes`.
+fn rfind_separator(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(2).rposition(|w| w == b"::")
+}
+
+impl ClustersParser {
+    fn line(&mut self, line_no: usize, bytes: &[u8]) -> Result<(), ParseError> {
+        if bytes.is_empty() {
+            return Ok(());
         }
         let malformed = || {
+            let shown = String::from_utf8_lossy(bytes);
             ParseError::new(
                 line_no,
-                format!("expected `cluster::key::value`, got {:?}", truncate(line)),
+                format!("expected `cluster::key::value`, got {:?}", truncate(&shown)),
             )
         };
+        // Most lines are per-host counters the exporter does not use (18 of a host's 19): find
+        // the key from the end, on bytes, and skip them before any other work.
+        let value_at = rfind_separator(bytes).ok_or_else(malformed)?;
+        let key_start = rfind_separator(&bytes[..value_at]).map_or(0, |i| i + 2);
+        let key = &bytes[key_start..value_at];
+        let wanted = matches!(
+            key,
+            b"health_flags"
+                | b"observability_name"
+                | b"added_via_api"
+                | b"max_connections"
+                | b"max_pending_requests"
+                | b"max_requests"
+                | b"max_retries"
+        );
+        if !wanted {
+            return if key_start == 0 {
+                Err(malformed())
+            } else {
+                Ok(())
+            };
+        }
+        let line = std::str::from_utf8(bytes)
+            .map_err(|e| ParseError::new(line_no, format!("not UTF-8: {e}")))?;
         let (cluster_name, rest) = line.split_once("::").ok_or_else(malformed)?;
         let (key_path, value) = rest.rsplit_once("::").ok_or_else(malformed)?;
         if cluster_name.is_empty() {
             return Err(malformed());
         }
-        let position = match clusters.last() {
-            Some(last) if last.name == cluster_name => clusters.len() - 1,
-            _ => match index.get(cluster_name) {
+        let position = match self.clusters.last() {
+            Some(last) if last.name == cluster_name => self.clusters.len() - 1,
+            _ => match self.index.get(cluster_name) {
                 Some(&i) => i,
                 None => {
-                    index.insert(cluster_name.to_string(), clusters.len());
-                    clusters.push(Cluster::new(cluster_name));
-                    clusters.len() - 1
+                    self.index
+                        .insert(cluster_name.to_string(), self.clusters.len());
+                    self.clusters.push(Cluster::new(cluster_name));
+                    self.clusters.len() - 1
                 }
             },
         };
-        let cluster = &mut clusters[position];
+        let cluster = &mut self.clusters[position];
 
         let Some((scope, key)) = key_path.rsplit_once("::") else {
             if key_path == "observability_name" && !value.is_empty() {
                 cluster.observability_name = Some(value.to_string());
             }
-            continue;
+            return Ok(());
         };
         match scope {
             "default_priority" | "high_priority" => {
@@ -278,8 +338,8 @@ pub fn parse_clusters(body: &[u8]) -> Result<ClustersSnapshot, ParseError> {
             }
             _ => {}
         }
+        Ok(())
     }
-    Ok(ClustersSnapshot { clusters })
 }
 
 pub(crate) fn truncate(s: &str) -> &str {
@@ -446,6 +506,17 @@ mod tests {
         let host = &snap.clusters[0].hosts[0];
         assert!(host.flags.contains(HealthFlag::FailedOutlierCheck));
         assert_eq!(host.unknown_flags, vec!["some_new_flag".to_string()]);
+    }
+
+    #[test]
+    fn feeding_the_body_in_any_chunk_size_gives_the_same_snapshot() {
+        let whole = parse_clusters(FIXTURE).unwrap();
+        for size in [1, 2, 7, 64, 4096] {
+            let chunked =
+                crate::incremental::feed_in_chunks(ClustersParser::default(), FIXTURE, size)
+                    .unwrap();
+            assert_eq!(chunked, whole, "chunks of {size}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod clusters;
+pub mod incremental;
 pub mod stats;
 pub mod x509;
 

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use crate::incremental::{Incremental, LineSplitter};
 use crate::{ParseError, Priority, Resource, clusters::truncate};
 
 /// RE2 filter for the gauges the exporter needs. Cluster names may contain dots, so the cluster
@@ -83,30 +84,63 @@ fn classify(stat: &str) -> Option<(&str, Gauge)> {
     Some((name, gauge))
 }
 
-/// Parses `name: value` lines. A line of another shape fails the parse (the peer is not speaking
-/// Envoy's stats format); well-formed lines for gauges we don't use are skipped.
+/// Parses a whole `/stats` body (see [`StatsParser`]).
 pub fn parse_stats(body: &[u8]) -> Result<StatsSnapshot, ParseError> {
-    let text =
-        std::str::from_utf8(body).map_err(|e| ParseError::new(0, format!("not UTF-8: {e}")))?;
-    let mut snapshot = StatsSnapshot::default();
-    for (number, line) in text.lines().enumerate() {
-        if line.is_empty() {
-            continue;
+    let mut parser = StatsParser::default();
+    parser.feed(body)?;
+    parser.finish()
+}
+
+/// Parses `name: value` lines as they arrive. A line of another shape fails the parse (the peer
+/// is not speaking Envoy's stats format); well-formed lines for gauges we don't use are skipped.
+#[derive(Debug, Default)]
+pub struct StatsParser {
+    lines: LineSplitter,
+    snapshot: StatsSnapshot,
+}
+
+impl Incremental for StatsParser {
+    type Output = StatsSnapshot;
+
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), ParseError> {
+        let mut lines = std::mem::take(&mut self.lines);
+        let result = lines.feed(chunk, |n, line| self.line(n, line));
+        self.lines = lines;
+        result
+    }
+
+    fn finish(mut self) -> Result<StatsSnapshot, ParseError> {
+        let mut lines = std::mem::take(&mut self.lines);
+        lines.finish(|n, line| self.line(n, line))?;
+        Ok(self.snapshot)
+    }
+}
+
+impl StatsParser {
+    fn line(&mut self, line_no: usize, bytes: &[u8]) -> Result<(), ParseError> {
+        if bytes.is_empty() {
+            return Ok(());
         }
+        let line = std::str::from_utf8(bytes)
+            .map_err(|e| ParseError::new(line_no, format!("not UTF-8: {e}")))?;
         let malformed = || {
             ParseError::new(
-                number + 1,
+                line_no,
                 format!("expected `name: value`, got {:?}", truncate(line)),
             )
         };
         let (name, value) = line.rsplit_once(": ").ok_or_else(malformed)?;
         let value: u64 = value.trim().parse().map_err(|_| malformed())?;
         let Some((cluster, gauge)) = classify(name) else {
-            continue;
+            return Ok(());
         };
-        let entry = match snapshot.clusters.get_mut(cluster) {
+        let entry = match self.snapshot.clusters.get_mut(cluster) {
             Some(entry) => entry,
-            None => snapshot.clusters.entry(cluster.to_string()).or_default(),
+            None => self
+                .snapshot
+                .clusters
+                .entry(cluster.to_string())
+                .or_default(),
         };
         match gauge {
             Gauge::Open(p, r) => {
@@ -123,8 +157,8 @@ pub fn parse_stats(body: &[u8]) -> Result<StatsSnapshot, ParseError> {
             Gauge::RqActive => entry.upstream_rq_active = value,
             Gauge::RqPendingActive => entry.upstream_rq_pending_active = value,
         }
+        Ok(())
     }
-    Ok(snapshot)
 }
 
 #[cfg(test)]
@@ -164,6 +198,16 @@ mod tests {
             Some(u64::MAX)
         );
         assert_eq!(b.remaining[Resource::Requests as usize], None);
+    }
+
+    #[test]
+    fn feeding_the_body_in_any_chunk_size_gives_the_same_snapshot() {
+        let whole = parse_stats(FIXTURE).unwrap();
+        for size in [1, 3, 50, 4096] {
+            let chunked =
+                crate::incremental::feed_in_chunks(StatsParser::default(), FIXTURE, size).unwrap();
+            assert_eq!(chunked, whole, "chunks of {size}");
+        }
     }
 
     #[test]

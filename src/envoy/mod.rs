@@ -4,4 +4,6 @@
 pub mod client;
 
 pub use client::{AdminClient, FetchError};
-pub use envoy_gateway_exporter_parsers::{ParseError, Priority, Resource, certs, clusters, stats};
+pub use envoy_gateway_exporter_parsers::{
+    ParseError, Priority, Resource, certs, clusters, incremental, stats,
+};

@@ -14,7 +14,10 @@ build:
 	$(CARGO) build --locked
 
 # The static binary the container image ships (the Dockerfile runs the same command).
+# Needs the musl target and musl-gcc (ring's C parts): installed here when missing.
 release:
+	@rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+	@command -v musl-gcc >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends musl-tools)
 	$(CARGO) build --release --locked --target x86_64-unknown-linux-musl
 
 demo: tools build

@@ -523,6 +523,7 @@ def measure_with(args, n: int, envoy: subprocess.Popen, admin: int, work: Path) 
         status, body, took = get(admin, path)
         direct[name] = {"bytes": len(body), "client_s": took}
     out["direct_endpoint_bytes"] = direct
+    out["clusters_formats"] = clusters_formats(admin, envoy.pid)
 
     exporter, port = start_exporter(args, admin, "0s")
     time.sleep(1.0)
@@ -588,6 +589,22 @@ def measure_with(args, n: int, envoy: subprocess.Popen, admin: int, work: Path) 
         out["concurrent"] = concurrent_burst(args, admin, work)
     out["once"] = once_peak_rss(args, admin)
     return out
+
+
+def clusters_formats(admin: int, envoy_pid: int, rounds: int = 5) -> dict:
+    """Text `/clusters` (what the exporter reads) against `/clusters?format=json` (the same facts,
+    see parsers/src/clusters.rs's parity test): client time, Envoy CPU and bytes, interleaved."""
+    result: dict = {}
+    for i in range(rounds):
+        order = (("text", "/clusters"), ("json", "/clusters?format=json"))
+        for kind, path in (order if i % 2 == 0 else order[::-1]):
+            cpu0 = cpu_seconds(envoy_pid)
+            _, body, took = get(admin, path)
+            row = result.setdefault(kind, {"client_s": [], "envoy_cpu_s": [], "bytes": 0})
+            row["client_s"].append(took)
+            row["envoy_cpu_s"].append(cpu_seconds(envoy_pid) - cpu0)
+            row["bytes"] = len(body)
+    return result
 
 
 def histogram_phase(args, admin: int, port: int) -> dict:
@@ -786,6 +803,11 @@ def report(r: dict) -> str:
                  f"median {ms(median(render))}. One `--once` collection: peak RSS {mib(r['once']['max_rss_kib'])}, "
                  f"CPU {ms(r['once']['cpu_s'])}. Envoy RSS {mib(r['envoy_rss_kib_after'])}; "
                  f"Envoy start {r['envoy_start_s']:.1f} s; bootstrap {human_bytes(r['bootstrap_bytes'])}.")
+    formats = r.get("clusters_formats")
+    if formats:
+        lines.append("`/clusters` text vs `?format=json` (5 interleaved fetches, medians): " + "; ".join(
+            f"{kind} {human_bytes(f['bytes'])}, client {ms(median(f['client_s']))}, Envoy CPU "
+            f"{ms(statistics.mean(f['envoy_cpu_s']))}" for kind, f in formats.items()) + ".")
     lines.append("")
     return "\n".join(lines)
 

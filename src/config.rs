@@ -442,6 +442,19 @@ fn parse_secret_dirs(value: &str) -> Result<Vec<SecretDir>, ConfigError> {
         };
         dirs.push(dir);
     }
+    // Two mounts reported under one namespace/name would hide one another.
+    for (i, dir) in dirs.iter().enumerate() {
+        if dirs[..i]
+            .iter()
+            .any(|d| d.namespace == dir.namespace && d.name == dir.name)
+        {
+            return Err(invalid(
+                "EXPORTER_SECRET_DIRS",
+                value,
+                "entries with distinct names: two bare paths ending in the same directory name need `namespace/name=path`",
+            ));
+        }
+    }
     Ok(dirs)
 }
 
@@ -518,6 +531,7 @@ mod tests {
             ("EXPORTER_LOG_FORMAT", "xml"),
             ("EXPORTER_LOG_LEVEL", "info,=["),
             ("EXPORTER_SECRET_DIRS", "ns/=/x"),
+            ("EXPORTER_SECRET_DIRS", "/a/tls,/b/tls"),
         ] {
             let err = Config::from_vars(vars(&[(name, value)])).unwrap_err();
             assert!(

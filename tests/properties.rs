@@ -267,8 +267,15 @@ struct GenCluster {
 }
 
 impl GenCluster {
+    /// The observability name as `/clusters` prints it.
     fn stats_name(&self) -> &str {
         self.alt_name.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The name in Envoy's stat names and in the `envoy_cluster_name` label: Envoy turns `:`
+    /// into `_` in stat names.
+    fn label(&self) -> String {
+        self.stats_name().replace(':', "_")
     }
 }
 
@@ -377,7 +384,7 @@ proptest! {
     fn every_host_is_counted_exactly_once(clusters in clusters(), host_metrics in any::<bool>()) {
         let all = scrape(&clusters_text(&clusters), "", r#"{"certificates":[]}"#, host_metrics);
         for c in &clusters {
-            let name = c.stats_name();
+            let name = c.label();
             let of_cluster = |metric: &str| -> Vec<&Sample> {
                 samples(&all, metric).filter(|s| s.label("envoy_cluster_name") == name).collect()
             };
@@ -439,7 +446,7 @@ proptest! {
             }
         }
         // Nothing about clusters that do not exist.
-        let names: BTreeSet<&str> = clusters.iter().map(GenCluster::stats_name).collect();
+        let names: BTreeSet<String> = clusters.iter().map(GenCluster::label).collect();
         for metric in ["cluster_hosts", "cluster_healthy_ratio", "host_healthy", "host_failure"] {
             for s in samples(&all, metric) {
                 prop_assert!(names.contains(s.label("envoy_cluster_name")));
@@ -489,7 +496,7 @@ fn stats_text(clusters: &[GenCluster], gauges: &[GenGauges]) -> String {
     ];
     let mut out = String::new();
     for (c, (breakers, active)) in clusters.iter().zip(gauges) {
-        let n = c.stats_name();
+        let n = c.label();
         for (priority, resources) in ["default", "high"].iter().zip(breakers) {
             for (r, (open, remaining)) in resources.iter().enumerate() {
                 let prefix = format!("cluster.{n}.circuit_breakers.{priority}");
@@ -550,7 +557,7 @@ proptest! {
             for (r, resource) in ["connections", "pending_requests", "requests"].iter().enumerate() {
                 if c.thresholds[0][r] > 0 {
                     let found = samples(&all, "circuit_breaker_utilization_ratio").any(|s| {
-                        s.label("envoy_cluster_name") == c.stats_name()
+                        s.label("envoy_cluster_name") == c.label()
                             && s.label("priority") == "default"
                             && s.label("resource") == *resource
                     });
@@ -648,13 +655,13 @@ proptest! {
         }
         let all = scrape(&clusters_text(&clusters), "", &certs_json(&certs), true);
 
-        let expected: BTreeSet<&str> = clusters.iter().map(GenCluster::stats_name).collect();
-        let got: BTreeSet<&str> =
-            samples(&all, "cluster_hosts").map(|s| s.label("envoy_cluster_name")).collect();
+        let expected: BTreeSet<String> = clusters.iter().map(GenCluster::label).collect();
+        let got: BTreeSet<String> =
+            samples(&all, "cluster_hosts").map(|s| s.label("envoy_cluster_name").to_string()).collect();
         prop_assert_eq!(got, expected);
         for c in &clusters {
             let got: BTreeSet<&str> = samples(&all, "host_healthy")
-                .filter(|s| s.label("envoy_cluster_name") == c.stats_name())
+                .filter(|s| s.label("envoy_cluster_name") == c.label())
                 .map(|s| s.label("address"))
                 .collect();
             let expected: BTreeSet<&str> = c.hosts.iter().map(|h| h.address.as_str()).collect();

@@ -275,9 +275,13 @@ async fn a_forbidden_list_is_up_0_with_reason_forbidden_then_recovers() {
             .body(Body::from(serde_json::to_vec(&status).unwrap()))
             .unwrap(),
     );
-    let failed = until(&store, "the failure to show", |s| !s.up).await;
-    assert!(failed.secrets.is_empty());
-    assert_eq!(errors.with_label_values(&["secrets", "forbidden"]).get(), 1);
+    let forbidden = errors.with_label_values(&["secrets", "forbidden"]);
+    let counted = until(&store, "the failure to be counted", |_| {
+        forbidden.get() == 1
+    })
+    .await;
+    assert!(!counted.up);
+    assert!(counted.secrets.is_empty());
 
     // The watcher retries with backoff; once RBAC is fixed the source is up again.
     let (uri, send) = api.next().await;
@@ -439,4 +443,57 @@ async fn gateway_mode_watches_exactly_the_referenced_secrets_including_another_n
 async fn a_real_kube_client_can_be_built() {
     let config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
     kube::Client::try_from(config).expect("a client with the rustls provider");
+}
+
+/// kube's watcher resumes a failed watch without listing again; the exporter instead starts over
+/// with a list, so the source is proven healthy again without waiting for a Secret to change.
+#[tokio::test]
+async fn after_a_failed_watch_a_fresh_list_brings_the_source_back_up() {
+    let (client, mut api) = ApiServer::new();
+    let errors = errors_counter();
+    let store = SecretStore::new(errors.clone());
+    let task = tokio::spawn(watch_selected(
+        client,
+        vec!["apps".into()],
+        None,
+        store.clone(),
+    ));
+    let site = cert("site", 0x12);
+
+    let (_, send) = api.next().await;
+    send.send_response(ok(&secret_list(
+        "10",
+        vec![secret("apps", "site-tls", "9", &site)],
+        None,
+    )));
+    until(&store, "the list", |s| s.up && s.secrets.len() == 1).await;
+
+    let (uri, send) = api.next().await;
+    assert!(uri.contains("watch=true"), "{uri}");
+    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": "etcdserver: leader changed", "reason": "InternalError", "code": 500});
+    send.send_response(
+        Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .body(Body::from(serde_json::to_vec(&status).unwrap()))
+            .unwrap(),
+    );
+    let http_status = errors.with_label_values(&["secrets", "http_status"]);
+    let down = until(&store, "the failure", |_| http_status.get() == 1).await;
+    assert!(!down.up);
+    // What was read stays published while the source is down.
+    assert_eq!(down.secrets.len(), 1);
+
+    let (uri, send) = api.next().await;
+    assert!(
+        !uri.contains("watch=true"),
+        "a list, not a resumed watch: {uri}"
+    );
+    send.send_response(ok(&secret_list(
+        "12",
+        vec![secret("apps", "site-tls", "9", &site)],
+        None,
+    )));
+    until(&store, "recovery without any Secret changing", |s| s.up).await;
+    task.abort();
 }

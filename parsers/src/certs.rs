@@ -4,7 +4,7 @@
 //! distinct (kind, path, serial, SANs) once. `days_until_expiration` is a rounded-down string, so
 //! the exact `expiration_time` is used instead.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -90,7 +90,9 @@ struct RawSan {
 pub fn parse_certs(body: &[u8]) -> Result<CertsSnapshot, ParseError> {
     let raw: RawCerts =
         serde_json::from_slice(body).map_err(|e| ParseError::new(e.line(), e.to_string()))?;
-    let mut distinct = BTreeSet::new();
+    // Keyed by what becomes the series' labels, so two entries never make one series twice; an
+    // entry repeated with another expiry keeps the earliest (the one to worry about).
+    let mut distinct: BTreeMap<(CertKind, String, String, String), i64> = BTreeMap::new();
     for context in raw.certificates {
         for (kind, certs) in [
             (CertKind::CertChain, context.cert_chain),
@@ -112,19 +114,24 @@ pub fn parse_certs(body: &[u8]) -> Result<CertsSnapshot, ParseError> {
                     .filter_map(|san| san.dns.as_deref().or(san.ip_address.as_deref()))
                     .collect::<Vec<_>>()
                     .join(",");
-                distinct.insert(EnvoyCert {
-                    kind,
-                    path: cert.path,
-                    serial: cert.serial_number,
-                    dns_names,
-                    not_after,
-                });
+                let earliest = distinct
+                    .entry((kind, cert.path, cert.serial_number, dns_names))
+                    .or_insert(not_after);
+                *earliest = (*earliest).min(not_after);
             }
         }
     }
-    Ok(CertsSnapshot {
-        certs: distinct.into_iter().collect(),
-    })
+    let certs = distinct
+        .into_iter()
+        .map(|((kind, path, serial, dns_names), not_after)| EnvoyCert {
+            kind,
+            path,
+            serial,
+            dns_names,
+            not_after,
+        })
+        .collect();
+    Ok(CertsSnapshot { certs })
 }
 
 #[cfg(test)]

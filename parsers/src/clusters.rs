@@ -165,9 +165,11 @@ pub struct Host {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
     pub name: String,
-    /// The name Envoy uses in stats and in its `envoy_cluster_name` label (`alt_stat_name`, or
-    /// the cluster name).
+    /// `alt_stat_name`, or the cluster name, as `/clusters` prints it.
     pub observability_name: Option<String>,
+    /// The name in Envoy's stats and its `envoy_cluster_name` label: the observability name with
+    /// `:` turned into `_`, as Envoy does for stat names (measured on Envoy 1.40).
+    stats_name: String,
     pub thresholds: [Thresholds; 2],
     pub hosts: Vec<Host>,
 }
@@ -175,13 +177,14 @@ pub struct Cluster {
 impl Cluster {
     /// The `envoy_cluster_name` label value, the same as in Envoy's own stats.
     pub fn stats_name(&self) -> &str {
-        self.observability_name.as_deref().unwrap_or(&self.name)
+        &self.stats_name
     }
 
     fn new(name: &str) -> Cluster {
         Cluster {
             name: name.to_string(),
             observability_name: None,
+            stats_name: name.replace(':', "_"),
             thresholds: [Thresholds::default(); 2],
             hosts: Vec::new(),
         }
@@ -293,6 +296,7 @@ impl ClustersParser {
         let Some((scope, key)) = key_path.rsplit_once("::") else {
             if key_path == "observability_name" && !value.is_empty() {
                 cluster.observability_name = Some(value.to_string());
+                cluster.stats_name = value.replace(':', "_");
             }
             return Ok(());
         };
@@ -465,6 +469,15 @@ mod tests {
         from_json.sort();
         from_text.sort();
         assert_eq!(from_text, from_json);
+    }
+
+    #[test]
+    fn stats_names_turn_colons_into_underscores_like_envoy() {
+        let body =
+            b"colon:name::observability_name::colon:name\ncolon:name::added_via_api::false\n";
+        let snap = parse_clusters(body).unwrap();
+        assert_eq!(snap.clusters[0].stats_name(), "colon_name");
+        assert_eq!(snap.clusters[0].name, "colon:name");
     }
 
     #[test]

@@ -21,8 +21,6 @@ pub struct BreakerGauges {
     pub open: [bool; 5],
     /// `remaining_*` gauges, indexed by [`Resource`]; `None` when not tracked.
     pub remaining: [Option<u64>; 5],
-    /// Whether Envoy reported any gauge of this priority.
-    pub reported: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -146,12 +144,10 @@ impl StatsParser {
             Gauge::Open(p, r) => {
                 let b = &mut entry.breakers[p as usize];
                 b.open[r as usize] = value > 0;
-                b.reported = true;
             }
             Gauge::Remaining(p, r) => {
                 let b = &mut entry.breakers[p as usize];
                 b.remaining[r as usize] = Some(value);
-                b.reported = true;
             }
             Gauge::CxActive => entry.upstream_cx_active = value,
             Gauge::RqActive => entry.upstream_rq_active = value,

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::collect::{EnvoySnapshot, Snapshot};
 use crate::envoy::certs::CertsSnapshot;
-use crate::envoy::clusters::{Cluster, ClustersSnapshot, Health, Thresholds};
+use crate::envoy::clusters::{Cluster, ClustersSnapshot, Health, Host, Thresholds};
 use crate::envoy::stats::{ClusterGauges, StatsSnapshot};
 use crate::envoy::{Priority, Resource};
 use crate::secrets::SecretsSnapshot;
@@ -201,7 +201,7 @@ fn backends(clusters: &ClustersSnapshot, options: DeriveOptions, sink: &mut impl
     );
     if options.host_metrics {
         for cluster in &clusters.clusters {
-            for host in &cluster.hosts {
+            for host in distinct_hosts(cluster) {
                 let value = if host.flags.health() == Health::Healthy {
                     1.0
                 } else {
@@ -222,7 +222,7 @@ fn backends(clusters: &ClustersSnapshot, options: DeriveOptions, sink: &mut impl
         "1 for each health flag set on the host; reason is the flag's name in Envoy's /clusters JSON, or eds_<status>.",
     );
     for cluster in &clusters.clusters {
-        for host in &cluster.hosts {
+        for host in distinct_hosts(cluster) {
             let reasons = host
                 .flags
                 .iter()
@@ -240,6 +240,17 @@ fn backends(clusters: &ClustersSnapshot, options: DeriveOptions, sink: &mut impl
             }
         }
     }
+}
+
+/// The hosts of a cluster, each address once: Envoy can list an address under two priorities,
+/// and two series with the same labels would make the exposition invalid. The first listing
+/// wins; the per-state counts still count every listing, as Envoy's membership gauges do.
+fn distinct_hosts(cluster: &Cluster) -> impl Iterator<Item = &Host> {
+    let mut seen = HashSet::with_capacity(cluster.hosts.len());
+    cluster
+        .hosts
+        .iter()
+        .filter(move |h| seen.insert(h.address.as_str()))
 }
 
 fn health_counts(cluster: &Cluster) -> [u64; 3] {
@@ -307,7 +318,6 @@ fn breaker_series<'a>(
         breakers: [crate::envoy::stats::BreakerGauges {
             open: [false; 5],
             remaining: [None; 5],
-            reported: false,
         }; 2],
         upstream_cx_active: 0,
         upstream_rq_active: 0,
@@ -346,7 +356,7 @@ fn breaker_series<'a>(
                     ],
                     open: gauges.map(|g| g.breakers[priority as usize].open[resource as usize]),
                     threshold,
-                    utilization: cluster.and(utilization(threshold, gauges, priority, resource)),
+                    utilization: utilization(threshold, gauges, priority, resource),
                 });
             }
         }

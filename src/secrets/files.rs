@@ -6,6 +6,7 @@
 //! content read the same on two polls in a row, so a file caught mid-write is not reported.
 
 use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,8 +20,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// The reader name of the mounts in the [`SecretStore`].
 pub const READER: &str = "files";
 
-/// One read of a mount: which version it was and the certificate files' bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One read of a mount: which version it was and the certificate files' bytes. Short-lived:
+/// summarised or dropped within the poll.
 struct MountRead {
     /// The `..data` target, or `None` for a plain directory.
     version: Option<PathBuf>,
@@ -64,19 +65,46 @@ fn read_mount(dir: &Path) -> io::Result<MountRead> {
     Err(io::Error::other("..data kept changing while being read"))
 }
 
-fn summarise(dir: &SecretDir, read: &MountRead) -> SecretCerts {
-    SecretCerts::from_data(
-        &dir.namespace,
-        &dir.name,
-        read.files.iter().map(|(k, v)| (*k, v.as_slice())),
-    )
+impl MountRead {
+    /// What identifies this version of the mount, without keeping its bytes: a `tls.crt` may
+    /// hold a private key by mistake, and nothing of it may outlive the parse.
+    fn fingerprint(&self) -> Fingerprint {
+        let files = self
+            .files
+            .iter()
+            .map(|(key, bytes)| {
+                let mut hasher = DefaultHasher::new();
+                bytes.hash(&mut hasher);
+                (*key, bytes.len(), hasher.finish())
+            })
+            .collect();
+        Fingerprint {
+            version: self.version.clone(),
+            files,
+        }
+    }
+
+    fn summarise(&self, dir: &SecretDir) -> SecretCerts {
+        SecretCerts::from_data(
+            &dir.namespace,
+            &dir.name,
+            self.files.iter().map(|(k, v)| (*k, v.as_slice())),
+        )
+    }
 }
 
-/// Per mount: the last read reported and, for plain directories, a newer read not yet confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    version: Option<PathBuf>,
+    /// Per file: key, length, hash of the bytes.
+    files: Vec<(&'static str, usize, u64)>,
+}
+
+/// Per mount: the version reported and, for plain directories, a newer one not yet confirmed.
 #[derive(Default)]
 struct MountState {
-    reported: Option<MountRead>,
-    candidate: Option<MountRead>,
+    reported: Option<Fingerprint>,
+    candidate: Option<Fingerprint>,
     summary: Option<SecretCerts>,
     error: Option<String>,
 }
@@ -102,10 +130,7 @@ pub async fn watch(dirs: Vec<SecretDir>, store: SecretStore) {
         };
         states = polled;
         let secrets: Vec<SecretCerts> = states.values().filter_map(|s| s.summary.clone()).collect();
-        store.replace(READER, secrets, took);
-        if failed {
-            store.fail(READER, "io");
-        }
+        store.replace(READER, secrets, took, failed.then_some("io"));
     }
 }
 
@@ -127,23 +152,27 @@ fn poll_once(dirs: &[SecretDir], states: &mut BTreeMap<PathBuf, MountState>) -> 
                 if state.error.take().is_some() {
                     tracing::info!(path = %dir.path.display(), "secret mount readable again");
                 }
-                if state.reported.as_ref() == Some(&read) {
+                let fingerprint = read.fingerprint();
+                if state.reported.as_ref() == Some(&fingerprint) {
                     state.candidate = None;
                     continue;
                 }
                 // The first read, and kubelet-style swaps, are reported at once; a change in a
                 // plain directory waits for a second identical read.
                 let confirmed = state.reported.is_none()
-                    || read.version.is_some()
-                    || state.candidate.as_ref() == Some(&read);
+                    || fingerprint.version.is_some()
+                    || state.candidate.as_ref() == Some(&fingerprint);
                 if !confirmed {
-                    state.candidate = Some(read);
+                    state.candidate = Some(fingerprint);
                     continue;
                 }
-                let summary = summarise(dir, &read);
-                log_problems(state.summary.as_ref(), &summary);
+                let summary = read.summarise(dir);
+                log_problems(
+                    state.summary.as_ref().map(|s| s.problems.as_slice()),
+                    &summary,
+                );
                 state.summary = Some(summary);
-                state.reported = Some(read);
+                state.reported = Some(fingerprint);
                 state.candidate = None;
             }
         }

@@ -4,7 +4,7 @@
 //! `tls.key` is skipped by the JSON decoder and never becomes a value in this process.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
@@ -12,7 +12,6 @@ use gateway_api::gateways::Gateway;
 use k8s_openapi::ByteString;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::Deserialize;
@@ -23,6 +22,7 @@ use super::{SecretCerts, SecretKey, SecretStore, log_problems};
 /// A Secret as far as the exporter reads it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TlsSecret {
+    #[serde(deserialize_with = "identity_only")]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub data: TlsData,
@@ -35,6 +35,28 @@ pub struct TlsData {
     pub tls_crt: Option<ByteString>,
     #[serde(rename = "ca.crt")]
     pub ca_crt: Option<ByteString>,
+}
+
+/// Decodes only the identity fields of a Secret's metadata. Annotations are skipped unread: a
+/// Secret created with `kubectl apply` carries its whole manifest, private key included, in
+/// `kubectl.kubernetes.io/last-applied-configuration`.
+fn identity_only<'de, D: serde::Deserializer<'de>>(decoder: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Identity {
+        name: Option<String>,
+        namespace: Option<String>,
+        resource_version: Option<String>,
+        uid: Option<String>,
+    }
+    let identity = Identity::deserialize(decoder)?;
+    Ok(ObjectMeta {
+        name: identity.name,
+        namespace: identity.namespace,
+        resource_version: identity.resource_version,
+        uid: identity.uid,
+        ..ObjectMeta::default()
+    })
 }
 
 impl Resource for TlsSecret {
@@ -127,74 +149,106 @@ pub fn classify(error: &watcher::Error, what: &str) -> (&'static str, String) {
     }
 }
 
-/// Applies one watcher stream of Secrets to the store under `reader`, forever. The caller has
-/// registered `reader` with [`SecretStore::begin`].
-async fn follow_secrets(
+/// Restart delays after a failed watch: doubling from 1 s to 60 s, back to 1 s after a list.
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(60);
+
+    fn new() -> Backoff {
+        Backoff(Backoff::FIRST)
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Backoff::MAX);
+    }
+
+    fn reset(&mut self) {
+        self.0 = Backoff::FIRST;
+    }
+}
+
+/// Logs a failed watch once (again at debug while it keeps failing) and records it.
+fn report_failure(store: &SecretStore, reader: &str, what: &str, error: &watcher::Error) {
+    let (reason, line) = classify(error, what);
+    if !store.is_failing(reader) {
+        tracing::warn!(reason, "{line}");
+    } else {
+        tracing::debug!(reason, "{line}");
+    }
+    store.fail(reader, reason);
+}
+
+/// Applies a watcher of Secrets to the store under `reader`, forever. After an error the watcher
+/// is dropped and a new one started after a backoff: its fresh list is what proves the source
+/// healthy again (kube's own retry resumes the watch without a list, so nothing would say so
+/// until a Secret changed). A watch that merely ends is resumed by the watcher itself. The caller
+/// has registered `reader` with [`SecretStore::begin`].
+async fn follow_secrets<S>(
     reader: String,
     what: String,
-    stream: impl Stream<Item = Result<Event<TlsSecret>, watcher::Error>>,
+    new_stream: impl Fn() -> S,
     store: SecretStore,
     expected: Option<SecretKey>,
-) {
-    futures::pin_mut!(stream);
-    let mut listing: Option<(Instant, Vec<SecretCerts>)> = None;
-    let mut known: BTreeMap<SecretKey, SecretCerts> = BTreeMap::new();
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(Event::Init) => listing = Some((Instant::now(), Vec::new())),
-            Ok(Event::InitApply(secret)) => {
-                if let Some((_, buffer)) = listing.as_mut() {
-                    buffer.push(secret.summarise());
+) where
+    S: Stream<Item = Result<Event<TlsSecret>, watcher::Error>>,
+{
+    // Problems last logged per Secret, so each is logged when it appears or changes.
+    let mut logged: BTreeMap<SecretKey, Vec<String>> = BTreeMap::new();
+    let mut log = |s: &SecretCerts| {
+        let key = (s.namespace.clone(), s.name.clone());
+        log_problems(logged.get(&key).map(Vec::as_slice), s);
+        logged.insert(key, s.problems.clone());
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        let stream = new_stream();
+        futures::pin_mut!(stream);
+        let mut listing: Option<(Instant, Vec<SecretCerts>)> = None;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::Init) => listing = Some((Instant::now(), Vec::new())),
+                Ok(Event::InitApply(secret)) => {
+                    if let Some((_, buffer)) = listing.as_mut() {
+                        buffer.push(secret.summarise());
+                    }
                 }
-            }
-            Ok(Event::InitDone) => {
-                let (started, mut secrets) = listing.take().unwrap_or((Instant::now(), Vec::new()));
-                if let Some((namespace, name)) = &expected
-                    && secrets.is_empty()
-                {
-                    secrets.push(SecretCerts::missing(namespace, name));
+                Ok(Event::InitDone) => {
+                    let (started, mut secrets) =
+                        listing.take().unwrap_or((Instant::now(), Vec::new()));
+                    if let Some((namespace, name)) = &expected
+                        && secrets.is_empty()
+                    {
+                        secrets.push(SecretCerts::missing(namespace, name));
+                    }
+                    secrets.iter().for_each(&mut log);
+                    let recovered = store.is_failing(&reader);
+                    store.replace(&reader, secrets, started.elapsed(), None);
+                    if recovered {
+                        tracing::info!("watching {what} works again");
+                    }
+                    backoff.reset();
                 }
-                let recovered = store.is_failing(&reader);
-                for s in &secrets {
-                    let key = (s.namespace.clone(), s.name.clone());
-                    log_problems(known.get(&key), s);
+                Ok(Event::Apply(secret)) => {
+                    let summary = secret.summarise();
+                    log(&summary);
+                    store.upsert(&reader, summary);
                 }
-                known = secrets
-                    .iter()
-                    .map(|s| ((s.namespace.clone(), s.name.clone()), s.clone()))
-                    .collect();
-                store.replace(&reader, secrets, started.elapsed());
-                if recovered {
-                    tracing::info!("watching {what} works again");
-                }
-            }
-            Ok(Event::Apply(secret)) => {
-                let summary = secret.summarise();
-                let key = secret.key();
-                log_problems(known.get(&key), &summary);
-                known.insert(key, summary.clone());
-                store.upsert(&reader, summary);
-            }
-            Ok(Event::Delete(secret)) => {
-                let key = secret.key();
-                known.remove(&key);
-                match &expected {
+                Ok(Event::Delete(secret)) => match &expected {
                     Some((namespace, name)) => {
                         store.upsert(&reader, SecretCerts::missing(namespace, name))
                     }
-                    None => store.remove(&reader, &key),
+                    None => store.remove(&reader, &secret.key()),
+                },
+                Err(error) => {
+                    report_failure(&store, &reader, &what, &error);
+                    break;
                 }
-            }
-            Err(error) => {
-                let (reason, line) = classify(&error, &what);
-                if !store.is_failing(&reader) {
-                    tracing::warn!(reason, "{line}");
-                } else {
-                    tracing::debug!(reason, "{line}");
-                }
-                store.fail(&reader, reason);
             }
         }
+        backoff.wait().await;
     }
 }
 
@@ -233,9 +287,15 @@ pub async fn watch_selected(
                 "secrets in all namespaces".to_string(),
             ),
         };
-        let stream = watcher::watcher(api, config.clone()).default_backoff();
+        let config = config.clone();
         store.begin(&reader);
-        follow_secrets(reader, what, stream, store.clone(), None)
+        follow_secrets(
+            reader,
+            what,
+            move || watcher::watcher(api.clone(), config.clone()),
+            store.clone(),
+            None,
+        )
     });
     let watches: Vec<_> = watches.collect();
     store.forget(CLIENT_READER);
@@ -268,81 +328,85 @@ pub fn certificate_refs(gateway: &Gateway) -> BTreeMap<SecretKey, Vec<String>> {
 }
 
 /// Gateway mode: follows the Gateway and watches exactly the Secrets its listeners reference
-/// (cross-namespace ones included). Runs forever.
+/// (cross-namespace ones included), re-planned when the Gateway changes. Runs forever.
 pub async fn watch_gateway(client: Client, name: String, namespace: String, store: SecretStore) {
     let api = Api::<Gateway>::namespaced(client.clone(), &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let stream = watcher::watcher(api, config).default_backoff();
-    futures::pin_mut!(stream);
-    store.begin("gateway");
+    store.begin(GATEWAY_READER);
     store.forget(CLIENT_READER);
     let what = format!("Gateway {namespace}/{name}");
     let mut watches: BTreeMap<SecretKey, JoinHandle<()>> = BTreeMap::new();
-    let mut initial: Option<Instant> = None;
-    let mut seen_in_list = false;
     let mut current: BTreeMap<SecretKey, Vec<String>> = BTreeMap::new();
-    while let Some(event) = stream.next().await {
-        let refs = match event {
-            Ok(Event::Init) => {
-                initial = Some(Instant::now());
-                seen_in_list = false;
-                continue;
-            }
-            Ok(Event::InitApply(gateway)) => {
-                seen_in_list = true;
-                certificate_refs(&gateway)
-            }
-            Ok(Event::InitDone) => {
-                store.replace(
-                    "gateway",
-                    Vec::new(),
-                    initial.take().map(|s| s.elapsed()).unwrap_or_default(),
-                );
-                if seen_in_list {
+    let mut backoff = Backoff::new();
+    loop {
+        // As for Secrets: after an error, a new watcher whose list proves recovery.
+        let stream = watcher::watcher(api.clone(), config.clone());
+        futures::pin_mut!(stream);
+        let mut listed: Option<(Instant, bool)> = None;
+        while let Some(event) = stream.next().await {
+            let refs = match event {
+                Ok(Event::Init) => {
+                    listed = Some((Instant::now(), false));
                     continue;
                 }
-                tracing::warn!("{what} not found; no Secrets to watch until it exists");
-                BTreeMap::new()
-            }
-            Ok(Event::Apply(gateway)) => certificate_refs(&gateway),
-            Ok(Event::Delete(_)) => BTreeMap::new(),
-            Err(error) => {
-                let (reason, line) = classify(&error, &what);
-                if !store.is_failing("gateway") {
-                    tracing::warn!(reason, "{line}");
+                Ok(Event::InitApply(gateway)) => {
+                    if let Some((_, seen)) = listed.as_mut() {
+                        *seen = true;
+                    }
+                    certificate_refs(&gateway)
                 }
-                store.fail("gateway", reason);
+                Ok(Event::InitDone) => {
+                    let (started, seen) = listed.take().unwrap_or((Instant::now(), false));
+                    store.replace(GATEWAY_READER, Vec::new(), started.elapsed(), None);
+                    backoff.reset();
+                    if seen {
+                        continue;
+                    }
+                    tracing::warn!("{what} not found; no Secrets to watch until it exists");
+                    BTreeMap::new()
+                }
+                Ok(Event::Apply(gateway)) => certificate_refs(&gateway),
+                Ok(Event::Delete(_)) => BTreeMap::new(),
+                Err(error) => {
+                    report_failure(&store, GATEWAY_READER, &what, &error);
+                    break;
+                }
+            };
+            if refs == current {
                 continue;
             }
-        };
-        let wanted: BTreeSet<&SecretKey> = refs.keys().collect();
-        watches.retain(|key, task| {
-            let keep = wanted.contains(key);
-            if !keep {
-                task.abort();
-                store.forget(&reader_for(key));
+            let stale: Vec<SecretKey> = watches
+                .keys()
+                .filter(|k| !refs.contains_key(*k))
+                .cloned()
+                .collect();
+            for key in stale {
+                if let Some(task) = watches.remove(&key) {
+                    task.abort();
+                    // Only once it has stopped can it no longer write what we forget.
+                    let _ = task.await;
+                }
+                store.forget(&reader_for(&key));
             }
-            keep
-        });
-        for key in refs.keys() {
-            if watches.contains_key(key) {
-                continue;
+            let new: Vec<SecretKey> = refs
+                .keys()
+                .filter(|k| !watches.contains_key(*k))
+                .cloned()
+                .collect();
+            for key in &new {
+                let (secret_namespace, secret_name) = key.clone();
+                let api = Api::<TlsSecret>::namespaced(client.clone(), &secret_namespace);
+                let config = secret_watch_config().fields(&format!("metadata.name={secret_name}"));
+                store.begin(&reader_for(key));
+                let task = tokio::spawn(follow_secrets(
+                    reader_for(key),
+                    format!("Secret {secret_namespace}/{secret_name}"),
+                    move || watcher::watcher(api.clone(), config.clone()),
+                    store.clone(),
+                    Some(key.clone()),
+                ));
+                watches.insert(key.clone(), task);
             }
-            let (secret_namespace, secret_name) = key.clone();
-            let api = Api::<TlsSecret>::namespaced(client.clone(), &secret_namespace);
-            let config = secret_watch_config().fields(&format!("metadata.name={secret_name}"));
-            let stream = watcher::watcher(api, config).default_backoff();
-            store.begin(&reader_for(key));
-            let task = tokio::spawn(follow_secrets(
-                reader_for(key),
-                format!("Secret {secret_namespace}/{secret_name}"),
-                stream,
-                store.clone(),
-                Some(key.clone()),
-            ));
-            watches.insert(key.clone(), task);
-        }
-        if refs != current {
             let names: Vec<String> = refs.keys().map(|(ns, n)| format!("{ns}/{n}")).collect();
             tracing::info!(
                 "{what} references {} Secret(s): {}",
@@ -352,8 +416,12 @@ pub async fn watch_gateway(client: Client, name: String, namespace: String, stor
             store.set_listeners(refs.clone());
             current = refs;
         }
+        backoff.wait().await;
     }
 }
+
+/// The reader name of the Gateway watch.
+const GATEWAY_READER: &str = "gateway";
 
 fn reader_for((namespace, name): &SecretKey) -> String {
     format!("secret:{namespace}/{name}")
@@ -364,3 +432,29 @@ pub const CLIENT_READER: &str = "client";
 
 /// How long to wait before re-creating a client after a failure to build one.
 pub const CLIENT_RETRY: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_decoded_without_its_key_even_from_annotations() {
+        let json = r#"{
+            "metadata": {"name": "site", "namespace": "apps", "resourceVersion": "7", "uid": "u",
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration":
+                    "{\"data\":{\"tls.key\":\"S0VZLUJZVEVTLUhFUkU=\"}}"},
+                "managedFields": [{"manager": "kubectl"}]},
+            "data": {"tls.crt": "Q0VSVA==", "tls.key": "S0VZLUJZVEVTLUhFUkU="},
+            "type": "kubernetes.io/tls"
+        }"#;
+        let secret: TlsSecret = serde_json::from_str(json).unwrap();
+        assert_eq!(secret.key(), ("apps".to_string(), "site".to_string()));
+        assert_eq!(secret.metadata.resource_version.as_deref(), Some("7"));
+        assert!(secret.metadata.annotations.is_none());
+        assert_eq!(
+            secret.data.tls_crt.as_ref().map(|b| b.0.as_slice()),
+            Some(b"CERT".as_slice())
+        );
+        assert!(!format!("{secret:?}").contains("S0VZ"));
+    }
+}

@@ -111,9 +111,10 @@ struct State {
     listeners: BTreeMap<SecretKey, Vec<String>>,
     /// Per reader, the reason of its last failure, if it is failing.
     failing: BTreeMap<String, &'static str>,
+    /// Per reader, how long its last full read took.
+    durations: BTreeMap<String, Duration>,
     /// Readers started that have neither read nor failed yet.
     pending: BTreeSet<String>,
-    duration: Duration,
 }
 
 /// Shared between the background readers (writers) and collections (readers).
@@ -148,8 +149,9 @@ impl SecretStore {
         SecretsSnapshot {
             secrets: secrets.into_values().cloned().collect(),
             listeners: state.listeners.clone(),
-            up: state.failing.is_empty(),
-            duration: state.duration,
+            // A reader that has not read yet has nothing to vouch for: not up.
+            up: state.failing.is_empty() && state.pending.is_empty(),
+            duration: state.durations.values().max().copied().unwrap_or_default(),
         }
     }
 
@@ -167,17 +169,30 @@ impl SecretStore {
             .is_empty()
     }
 
-    /// Replaces everything `reader` knows with `secrets` (a full read), and marks it healthy.
-    pub fn replace(&self, reader: &str, secrets: Vec<SecretCerts>, took: Duration) {
-        let mut state = self.write();
+    /// Replaces everything `reader` knows with `secrets` (a full read) and records how the read
+    /// went, in one step so that no collection sees the one without the other.
+    pub fn replace(
+        &self,
+        reader: &str,
+        secrets: Vec<SecretCerts>,
+        took: Duration,
+        failure: Option<&'static str>,
+    ) {
         let map = secrets
             .into_iter()
             .map(|s| ((s.namespace.clone(), s.name.clone()), Arc::new(s)))
             .collect();
+        if let Some(reason) = failure {
+            self.errors.with_label_values(&["secrets", reason]).inc();
+        }
+        let mut state = self.write();
         state.by_reader.insert(reader.to_string(), map);
-        state.failing.remove(reader);
+        match failure {
+            Some(reason) => state.failing.insert(reader.to_string(), reason),
+            None => state.failing.remove(reader),
+        };
         state.pending.remove(reader);
-        state.duration = took;
+        state.durations.insert(reader.to_string(), took);
     }
 
     /// One Secret added or changed.
@@ -206,6 +221,7 @@ impl SecretStore {
         state.by_reader.remove(reader);
         state.failing.remove(reader);
         state.pending.remove(reader);
+        state.durations.remove(reader);
     }
 
     pub fn set_listeners(&self, listeners: BTreeMap<SecretKey, Vec<String>>) {
@@ -233,8 +249,8 @@ impl SecretStore {
 }
 
 /// Logs a Secret's validity when it is first seen invalid or changes, not on every read.
-pub(crate) fn log_problems(previous: Option<&SecretCerts>, current: &SecretCerts) {
-    let changed = previous.is_none_or(|p| p.problems != current.problems);
+pub(crate) fn log_problems(previous: Option<&[String]>, current: &SecretCerts) {
+    let changed = previous.is_none_or(|p| p != current.problems.as_slice());
     if changed && !current.problems.is_empty() {
         let level_valid = current.valid();
         let what = current.problems.join("; ");

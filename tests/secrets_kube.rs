@@ -60,6 +60,18 @@ fn ok(body: &Value) -> Response<Body> {
         .unwrap()
 }
 
+/// An API error: the Status object the API server sends with a non-2xx code.
+fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16()
+    });
+    Response::builder()
+        .status(code)
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap()
+}
+
 /// A watch response: one JSON event per line, then the end of the stream (a dropped watch).
 fn events(events: &[(&str, Value)]) -> Response<Body> {
     let mut body = Vec::new();
@@ -264,17 +276,11 @@ async fn a_forbidden_list_is_up_0_with_reason_forbidden_then_recovers() {
     ));
 
     let (_, send) = api.next().await;
-    let status = json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": "secrets is forbidden: User \"system:serviceaccount:envoy-gateway-system:envoy-default-eg\" cannot list resource \"secrets\" in API group \"\" in the namespace \"apps\"",
-        "reason": "Forbidden", "details": {"kind": "secrets"}, "code": 403
-    });
-    send.send_response(
-        Response::builder()
-            .status(StatusCode::FORBIDDEN)
-            .body(Body::from(serde_json::to_vec(&status).unwrap()))
-            .unwrap(),
-    );
+    send.send_response(status(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        "secrets is forbidden: User \"system:serviceaccount:envoy-gateway-system:envoy-default-eg\" cannot list resource \"secrets\" in API group \"\" in the namespace \"apps\"",
+    ));
     let forbidden = errors.with_label_values(&["secrets", "forbidden"]);
     let counted = until(&store, "the failure to be counted", |_| {
         forbidden.get() == 1
@@ -470,14 +476,11 @@ async fn after_a_failed_watch_a_fresh_list_brings_the_source_back_up() {
 
     let (uri, send) = api.next().await;
     assert!(uri.contains("watch=true"), "{uri}");
-    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-        "message": "etcdserver: leader changed", "reason": "InternalError", "code": 500});
-    send.send_response(
-        Response::builder()
-            .status(StatusCode::INTERNAL_SERVER_ERROR)
-            .body(Body::from(serde_json::to_vec(&status).unwrap()))
-            .unwrap(),
-    );
+    send.send_response(status(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "InternalError",
+        "etcdserver: leader changed",
+    ));
     let http_status = errors.with_label_values(&["secrets", "http_status"]);
     let down = until(&store, "the failure", |_| http_status.get() == 1).await;
     assert!(!down.up);

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use crate::incremental::{Incremental, LineSplitter};
+use crate::incremental::{Incremental, LineFormat, LineParser};
 use crate::{ParseError, Priority};
 
 /// A host health flag as Envoy's text output names it (`HostUtility::healthFlagsToString`).
@@ -206,31 +206,14 @@ pub fn parse_clusters(body: &[u8]) -> Result<ClustersSnapshot, ParseError> {
 /// Parses text `/clusters` as it arrives. Lines that are not `a::b::c` are garbage (an HTML error
 /// page, a wrong server) and fail the parse at once; unknown keys are skipped so a newer Envoy
 /// still parses.
+pub type ClustersParser = LineParser<ClusterLines>;
+
+/// The lines of text `/clusters`, read one by one.
 #[derive(Debug, Default)]
-pub struct ClustersParser {
-    lines: LineSplitter,
+pub struct ClusterLines {
     clusters: Vec<Cluster>,
     /// Envoy groups lines by cluster; the index only matters if it ever interleaves them.
     index: HashMap<String, usize>,
-}
-
-impl Incremental for ClustersParser {
-    type Output = ClustersSnapshot;
-
-    fn feed(&mut self, chunk: &[u8]) -> Result<(), ParseError> {
-        let mut lines = std::mem::take(&mut self.lines);
-        let result = lines.feed(chunk, |n, line| self.line(n, line));
-        self.lines = lines;
-        result
-    }
-
-    fn finish(mut self) -> Result<ClustersSnapshot, ParseError> {
-        let mut lines = std::mem::take(&mut self.lines);
-        lines.finish(|n, line| self.line(n, line))?;
-        Ok(ClustersSnapshot {
-            clusters: self.clusters,
-        })
-    }
 }
 
 /// Position of the last `::` in `bytes`.
@@ -238,7 +221,15 @@ fn rfind_separator(bytes: &[u8]) -> Option<usize> {
     bytes.windows(2).rposition(|w| w == b"::")
 }
 
-impl ClustersParser {
+impl LineFormat for ClusterLines {
+    type Output = ClustersSnapshot;
+
+    fn done(self) -> ClustersSnapshot {
+        ClustersSnapshot {
+            clusters: self.clusters,
+        }
+    }
+
     fn line(&mut self, line_no: usize, bytes: &[u8]) -> Result<(), ParseError> {
         if bytes.is_empty() {
             return Ok(());

@@ -57,6 +57,37 @@ impl LineSplitter {
     }
 }
 
+/// A line-oriented format: one call per line, then the result.
+pub trait LineFormat: Default + Send {
+    type Output;
+
+    fn line(&mut self, line_no: usize, line: &[u8]) -> Result<(), ParseError>;
+
+    fn done(self) -> Self::Output;
+}
+
+/// The [`Incremental`] parser of a [`LineFormat`].
+#[derive(Debug, Default)]
+pub struct LineParser<F> {
+    splitter: LineSplitter,
+    format: F,
+}
+
+impl<F: LineFormat> Incremental for LineParser<F> {
+    type Output = F::Output;
+
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), ParseError> {
+        let format = &mut self.format;
+        self.splitter.feed(chunk, |n, line| format.line(n, line))
+    }
+
+    fn finish(mut self) -> Result<F::Output, ParseError> {
+        let format = &mut self.format;
+        self.splitter.finish(|n, line| format.line(n, line))?;
+        Ok(self.format.done())
+    }
+}
+
 fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }

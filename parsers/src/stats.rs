@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use crate::incremental::{Incremental, LineSplitter};
+use crate::incremental::{Incremental, LineFormat, LineParser};
 use crate::{ParseError, Priority, Resource, clusters::truncate};
 
 /// RE2 filter for the gauges the exporter needs. Cluster names may contain dots, so the cluster
@@ -91,30 +91,21 @@ pub fn parse_stats(body: &[u8]) -> Result<StatsSnapshot, ParseError> {
 
 /// Parses `name: value` lines as they arrive. A line of another shape fails the parse (the peer
 /// is not speaking Envoy's stats format); well-formed lines for gauges we don't use are skipped.
+pub type StatsParser = LineParser<StatsLines>;
+
+/// The lines of `/stats`, read one by one.
 #[derive(Debug, Default)]
-pub struct StatsParser {
-    lines: LineSplitter,
+pub struct StatsLines {
     snapshot: StatsSnapshot,
 }
 
-impl Incremental for StatsParser {
+impl LineFormat for StatsLines {
     type Output = StatsSnapshot;
 
-    fn feed(&mut self, chunk: &[u8]) -> Result<(), ParseError> {
-        let mut lines = std::mem::take(&mut self.lines);
-        let result = lines.feed(chunk, |n, line| self.line(n, line));
-        self.lines = lines;
-        result
+    fn done(self) -> StatsSnapshot {
+        self.snapshot
     }
 
-    fn finish(mut self) -> Result<StatsSnapshot, ParseError> {
-        let mut lines = std::mem::take(&mut self.lines);
-        lines.finish(|n, line| self.line(n, line))?;
-        Ok(self.snapshot)
-    }
-}
-
-impl StatsParser {
     fn line(&mut self, line_no: usize, bytes: &[u8]) -> Result<(), ParseError> {
         if bytes.is_empty() {
             return Ok(());

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use crate::incremental::{Incremental, LineFormat, LineParser};
+use crate::incremental::{LineFormat, LineParser, parse_whole};
 use crate::{ParseError, Priority};
 
 /// A host health flag as Envoy's text output names it (`HostUtility::healthFlagsToString`).
@@ -198,9 +198,7 @@ pub struct ClustersSnapshot {
 
 /// Parses a whole text `/clusters` body (see [`ClustersParser`]).
 pub fn parse_clusters(body: &[u8]) -> Result<ClustersSnapshot, ParseError> {
-    let mut parser = ClustersParser::default();
-    parser.feed(body)?;
-    parser.finish()
+    parse_whole::<ClustersParser>(body)
 }
 
 /// Parses text `/clusters` as it arrives. Lines that are not `a::b::c` are garbage (an HTML error

@@ -121,6 +121,13 @@ impl<T> Incremental for Buffered<T> {
     }
 }
 
+/// Parses a body that is already whole.
+pub fn parse_whole<P: Incremental + Default>(body: &[u8]) -> Result<P::Output, ParseError> {
+    let mut parser = P::default();
+    parser.feed(body)?;
+    parser.finish()
+}
+
 /// Feeds `body` in pieces of `size` bytes: what a chunked HTTP body looks like to a parser.
 pub fn feed_in_chunks<P: Incremental>(
     mut parser: P,

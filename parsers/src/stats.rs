@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use crate::incremental::{Incremental, LineFormat, LineParser};
+use crate::incremental::{LineFormat, LineParser, parse_whole};
 use crate::{ParseError, Priority, Resource, clusters::truncate};
 
 /// RE2 filter for the gauges the exporter needs. Cluster names may contain dots, so the cluster
@@ -84,9 +84,7 @@ fn classify(stat: &str) -> Option<(&str, Gauge)> {
 
 /// Parses a whole `/stats` body (see [`StatsParser`]).
 pub fn parse_stats(body: &[u8]) -> Result<StatsSnapshot, ParseError> {
-    let mut parser = StatsParser::default();
-    parser.feed(body)?;
-    parser.finish()
+    parse_whole::<StatsParser>(body)
 }
 
 /// Parses `name: value` lines as they arrive. A line of another shape fails the parse (the peer

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::future::{BoxFuture, FutureExt, Shared};
 use prometheus::IntCounterVec;
-use tokio::sync::Mutex;
 
 use crate::envoy::certs::{CertsSnapshot, parse_certs};
 use crate::envoy::client::Endpoint;
@@ -124,14 +124,27 @@ impl Snapshot {
 
 /// Reads the sources on demand and shares each collection with the scrapes that arrive while it
 /// runs or within `cache` after it ended (so N Prometheus replicas cost Envoy one fetch each).
+/// A collection runs as a task of its own: a scrape that gives up (its client timed out) does not
+/// cancel it, and the scrapes after it still share it instead of asking Envoy again.
 pub struct Collector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     admin: Option<AdminClient>,
     secrets: Option<SecretStore>,
     cache: Duration,
-    last: Mutex<Option<Arc<Snapshot>>>,
+    flights: StdMutex<Flights>,
     errors: IntCounterVec,
     /// Last known state per source, so a failure is logged once at warn, not on every scrape.
     was_up: StdMutex<[Option<bool>; 3]>,
+}
+
+/// The collection that ran last, and the one running now.
+#[derive(Default)]
+struct Flights {
+    last: Option<Arc<Snapshot>>,
+    running: Option<Shared<BoxFuture<'static, Option<Arc<Snapshot>>>>>,
 }
 
 impl Collector {
@@ -150,37 +163,70 @@ impl Collector {
             }
         }
         Collector {
-            admin,
-            secrets,
-            cache,
-            last: Mutex::new(None),
-            errors,
-            was_up: StdMutex::new([None; 3]),
+            inner: Arc::new(Inner {
+                admin,
+                secrets,
+                cache,
+                flights: StdMutex::default(),
+                errors,
+                was_up: StdMutex::new([None; 3]),
+            }),
         }
     }
 
     /// The store the Secret readers write into, when Secrets are watched.
     pub fn secret_store(&self) -> Option<&SecretStore> {
-        self.secrets.as_ref()
+        self.inner.secrets.as_ref()
     }
 
-    /// The latest collection, fresh or shared.
+    /// The latest collection: the cached one, the one running now, or a new one.
     pub async fn snapshot(&self) -> Arc<Snapshot> {
-        let arrived = Instant::now();
-        let mut last = self.last.lock().await;
-        if let Some(snapshot) = last.as_ref() {
-            // Finished after we arrived: it ran while we waited for the lock.
-            if snapshot.finished >= arrived || snapshot.finished.elapsed() <= self.cache {
-                return snapshot.clone();
+        let running = {
+            let mut flights = self.inner.flights.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(last) = &flights.last
+                && last.finished.elapsed() <= self.inner.cache
+            {
+                return last.clone();
+            }
+            match &flights.running {
+                Some(running) => running.clone(),
+                None => {
+                    let inner = self.inner.clone();
+                    let task = tokio::spawn(async move {
+                        let snapshot = Arc::new(inner.collect().await);
+                        let mut flights = inner.flights.lock().unwrap_or_else(|e| e.into_inner());
+                        flights.last = Some(snapshot.clone());
+                        flights.running = None;
+                        snapshot
+                    });
+                    let running = task.map(Result::ok).boxed().shared();
+                    flights.running = Some(running.clone());
+                    running
+                }
+            }
+        };
+        match running.await {
+            Some(snapshot) => snapshot,
+            None => {
+                // The collection task panicked (a bug): forget it and collect here.
+                self.inner
+                    .flights
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .running = None;
+                Arc::new(self.inner.collect().await)
             }
         }
-        let snapshot = Arc::new(self.collect().await);
-        *last = Some(snapshot.clone());
-        snapshot
     }
 
-    /// Reads every source once, concurrently.
+    /// Reads every source once, concurrently, outside the sharing (the one-shot mode).
     pub async fn collect(&self) -> Snapshot {
+        self.inner.collect().await
+    }
+}
+
+impl Inner {
+    async fn collect(&self) -> Snapshot {
         let envoy = match &self.admin {
             None => None,
             Some(admin) => {

@@ -215,3 +215,60 @@ async fn the_exporter_recovers_when_envoy_comes_back() {
     );
     assert!(exporter.is_running());
 }
+
+/// A scrape whose client gives up (Prometheus's scrape timeout) must not cancel the collection
+/// it started: the next scrape shares it instead of asking Envoy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_that_gives_up_does_not_cancel_the_collection_it_started() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let requests = Arc::new(AtomicUsize::new(0));
+    let fixtures = common::repo_path("tests/fixtures/envoy-1.40");
+    let counted = requests.clone();
+    let slow_envoy = Server::start(0, move |path: String| {
+        let counted = counted.clone();
+        let fixtures = fixtures.clone();
+        async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            let file = match path.split('?').next().unwrap_or_default() {
+                "/stats" => "stats.txt",
+                "/clusters" => "clusters.txt",
+                _ => "certs.json",
+            };
+            hyper::Response::new(Full::new(Bytes::from(
+                std::fs::read(fixtures.join(file)).unwrap(),
+            )))
+        }
+    })
+    .await;
+    let exporter = Exporter::start(
+        &format!("http://{}", slow_envoy.addr),
+        &[("EXPORTER_COLLECT_CACHE", "30s")],
+    )
+    .await;
+    let impatient = reqwest::Client::new()
+        .get(format!("{}/metrics", exporter.url))
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(
+        impatient.is_err(),
+        "the first scrape should have timed out on the client side"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let scrape = exporter.scrape().await;
+    for source in ENVOY_SOURCES {
+        assert_eq!(
+            scrape.get("up", &[("source", source)]),
+            Some(1.0),
+            "{source}"
+        );
+    }
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        3,
+        "one admin request per source in all"
+    );
+}

@@ -232,14 +232,7 @@ async fn a_scrape_that_gives_up_does_not_cancel_the_collection_it_started() {
         async move {
             counted.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(800)).await;
-            let file = match path.split('?').next().unwrap_or_default() {
-                "/stats" => "stats.txt",
-                "/clusters" => "clusters.txt",
-                _ => "certs.json",
-            };
-            hyper::Response::new(Full::new(Bytes::from(
-                std::fs::read(fixtures.join(file)).unwrap(),
-            )))
+            common::admin_fixture_response(&fixtures, &path)
         }
     })
     .await;

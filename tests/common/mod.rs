@@ -141,25 +141,27 @@ impl Server {
         let dir = repo_path(dir);
         Server::start(port, move |path: String| {
             let dir = dir.clone();
-            async move {
-                let file = match path.split('?').next().unwrap_or_default() {
-                    "/stats" => "stats.txt",
-                    "/clusters" => "clusters.txt",
-                    "/certs" => "certs.json",
-                    _ => {
-                        let mut r =
-                            Response::new(Full::new(Bytes::from_static(b"no such admin path\n")));
-                        *r.status_mut() = hyper::StatusCode::NOT_FOUND;
-                        return r;
-                    }
-                };
-                Response::new(Full::new(Bytes::from(
-                    std::fs::read(dir.join(file)).unwrap(),
-                )))
-            }
+            async move { admin_fixture_response(&dir, &path) }
         })
         .await
     }
+}
+
+/// What Envoy's admin API answers for `path`, from the files of a fixture directory.
+pub fn admin_fixture_response(dir: &std::path::Path, path: &str) -> Response<Full<Bytes>> {
+    let file = match path.split('?').next().unwrap_or_default() {
+        "/stats" => "stats.txt",
+        "/clusters" => "clusters.txt",
+        "/certs" => "certs.json",
+        _ => {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"no such admin path\n")));
+            *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+            return r;
+        }
+    };
+    Response::new(Full::new(Bytes::from(
+        std::fs::read(dir.join(file)).unwrap(),
+    )))
 }
 
 // ---------------------------------------------------------------------------------------------
